@@ -1,0 +1,90 @@
+# funfleet: the two commands a newcomer needs are `make demo` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+BIN       := $(VENV)/bin
+CACHE     ?= $(HOME)/.cache/funfleet
+PORT      ?= 8000
+SUITE     ?= bookworm
+SCENARIOS ?= default
+TIMINGS   := .cache/timings
+export PATH := $(abspath $(BIN)):$(PATH)
+export ANSIBLE_CONFIG := $(abspath ansible.cfg)
+
+# Each stage appends "name seconds" to $(TIMINGS); `make test` prints the summary.
+define timed
+	@start=$$(date +%s); $(2); echo "$(1) $$(( $$(date +%s) - start ))" >> $(TIMINGS)
+endef
+
+.PHONY: help setup system-packages lint test test-app test-unit test-molecule image demo demo-down serve-app bench clean
+
+help:
+	@echo "make demo       set everything up, deploy to a local test host, print a real prediction"
+	@echo "make test       lint + app tests + molecule scenarios (what CI runs)"
+	@echo "make test-app   the inference service's tests only"
+	@echo "make serve-app PORT=8000   the app under a real uWSGI on 127.0.0.1:PORT"
+	@echo "make bench      throughput benchmark (prints a table)"
+
+$(VENV)/.installed: requirements.txt app/requirements.txt app/requirements-dev.txt
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt -r app/requirements.txt -r app/requirements-dev.txt
+	touch $@
+
+system-packages:
+	@scripts/ensure-system-packages
+
+setup: $(VENV)/.installed system-packages
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/yamllint --strict .
+	$(BIN)/ansible-lint --profile production
+
+test-app: setup
+	cd app && ../$(PY) -m pytest -q tests
+
+test-unit: setup
+	$(PY) -m pytest -q tests
+
+image: setup
+	@scripts/build-testhost-image $(SUITE) > .cache/image
+	@echo "test-host image: $$(cat .cache/image)"
+
+test-molecule: image
+	for s in $(SCENARIOS); do \
+	  start=$$(date +%s); \
+	  MOLECULE_IMAGE=$${MOLECULE_IMAGE:-$$(cat .cache/image)} $(BIN)/molecule test -s $$s; \
+	  echo "molecule:$$s $$(( $$(date +%s) - start ))" >> $(TIMINGS); \
+	done
+
+test:
+	@mkdir -p .cache && : > $(TIMINGS)
+	$(call timed,setup,$(MAKE) --no-print-directory setup)
+	$(call timed,lint,$(MAKE) --no-print-directory lint)
+	$(call timed,test-app,$(MAKE) --no-print-directory test-app)
+	$(call timed,test-unit,$(MAKE) --no-print-directory test-unit)
+	$(call timed,image,$(MAKE) --no-print-directory image)
+	$(MAKE) --no-print-directory test-molecule
+	@echo "== stage timings (s) =="; column -t $(TIMINGS); awk '{s+=$$2} END {print "total " s " s"}' $(TIMINGS)
+
+demo: image
+	MOLECULE_IMAGE=$${MOLECULE_IMAGE:-$$(cat .cache/image)} scripts/demo
+
+demo-down: setup
+	$(BIN)/molecule destroy -s demo
+
+serve-app: setup
+	cd app && PROMETHEUS_MULTIPROC_DIR=$$(mktemp -d) exec ../$(BIN)/uwsgi --master --lazy-apps \
+	  --processes $$(nproc) --need-app --strict --die-on-term --single-interpreter \
+	  --http-socket 127.0.0.1:$(PORT) --module wsgi:app --harakiri 30 --buffer-size 16384
+
+bench: setup
+	$(PY) bench/bench.py
+
+clean:
+	rm -rf $(VENV) .cache

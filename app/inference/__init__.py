@@ -1,0 +1,67 @@
+"""funfleet inference service: a Keras model behind a Flask API, served by uWSGI."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+
+from flask import Flask, Response, g, request
+
+from . import metrics
+from .config import Settings
+from .errors import register_error_handlers
+from .runtime import ModelRuntime
+
+__version__ = "0.1.0"
+
+
+def create_app(config: Mapping | None = None) -> Flask:
+    """Build the app. With ``model_load="sync"`` (the default) the model is loaded and warmed
+    before this returns, so call it only after uWSGI has forked (``lazy-apps``)."""
+    settings = Settings.from_env(config)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
+    app.json.sort_keys = False
+    runtime = ModelRuntime(settings)
+    app.extensions["funfleet.runtime"] = runtime
+    app.extensions["funfleet.settings"] = settings
+
+    register_error_handlers(app)
+    _register_request_hooks(app, settings)
+    from .api import register_blueprints
+
+    register_blueprints(app)
+
+    if settings.model_load == "sync":
+        runtime.load()
+    elif settings.model_load == "background":
+        thread = runtime.load_in_background()
+        app.extensions["funfleet.loader"] = thread
+    return app
+
+
+def _register_request_hooks(app: Flask, settings: Settings) -> None:
+    origins = set(settings.cors_origins)
+
+    @app.before_request
+    def _start_timer() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        # The rule, not the path, keeps label cardinality bounded (unknown paths share one label).
+        endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        metrics.REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
+        started = g.get("started")
+        if started is not None:
+            metrics.LATENCY.labels(endpoint).observe(time.perf_counter() - started)
+        origin = request.headers.get("Origin")
+        if origin and ("*" in origins or origin in origins):
+            response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = "Content-Type"
+            response.headers["Access-Control-Max-Age"] = "600"
+            response.vary.add("Origin")
+        return response

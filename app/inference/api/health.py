@@ -1,0 +1,57 @@
+"""Liveness, readiness, metadata and metrics."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+
+from flask import Blueprint, Response, jsonify
+
+from .. import __version__, metrics
+from . import runtime
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz():
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz():
+    rt = runtime()
+    if not rt.ready:
+        response = jsonify(status="loading" if rt.error is None else "failed", error=rt.error)
+        response.status_code = 503
+        return response
+    return jsonify(status="ready", model=rt.release.name, version=rt.release.version, device=rt.info.device)
+
+
+@bp.get("/metadata")
+def metadata():
+    rt = runtime()
+    body = {
+        "service": {"name": "funfleet", "version": __version__, "host": socket.gethostname(), "pid": os.getpid()},
+        "runtime": {"python": platform.python_version()},
+        "ready": rt.ready,
+        "model": rt.release.describe() if rt.release else None,
+    }
+    if rt.info:
+        body["runtime"].update(
+            tensorflow=rt.info.tensorflow,
+            keras=rt.info.keras,
+            device=rt.info.device,
+            load_seconds=rt.info.load_seconds,
+            warmup_seconds=rt.info.warmup_seconds,
+        )
+    if rt.error:
+        body["error"] = rt.error
+    return jsonify(body)
+
+
+@bp.get("/metrics")
+def prometheus_metrics():
+    payload, content_type = metrics.render()
+    return Response(payload, content_type=content_type)

@@ -1,0 +1,67 @@
+"""Settings, read from ``FUNFLEET_*`` environment variables, overridable by the factory's mapping."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "files" / "models" / "digits" / "1"
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_dir: Path = DEFAULT_MODEL_DIR
+    # "sync": load and warm before the app object exists (uWSGI: the worker accepts nothing
+    # until ready, which chain reloads rely on). "background": load in a thread, /readyz is 503
+    # meanwhile. "none": never load (tests of readiness).
+    model_load: str = "sync"
+    max_content_length: int = 8 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
+    max_batch: int = 128
+    cors_origins: tuple[str, ...] = ()
+    # 0 keeps TensorFlow's default (all cores); 1 per worker is fastest with one worker per core.
+    tf_intra_op_threads: int = 1
+    tf_inter_op_threads: int = 1
+    # "auto" uses a GPU when TensorFlow sees one; "cpu" hides GPUs.
+    device: str = "auto"
+    gpu_memory_growth: bool = True
+    warmup_batch_sizes: tuple[int, ...] = (1, 8, 32)
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, overrides: Mapping | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict = {}
+        for f in fields(cls):
+            if f.name == "extra":
+                continue
+            raw = env.get(f"FUNFLEET_{f.name.upper()}")
+            if raw is not None:
+                values[f.name] = _parse(f.name, raw)
+        for key, value in (overrides or {}).items():
+            name = key.lower()
+            if name not in {f.name for f in fields(cls)}:
+                raise ValueError(f"unknown setting {key!r}")
+            values[name] = _parse(name, value) if isinstance(value, str) else value
+        settings = cls(**values)
+        if settings.model_load not in ("sync", "background", "none"):
+            raise ValueError(f"model_load must be sync, background or none, not {settings.model_load!r}")
+        if settings.device not in ("auto", "cpu", "gpu"):
+            raise ValueError(f"device must be auto, cpu or gpu, not {settings.device!r}")
+        return settings
+
+
+def _parse(name: str, raw: str):
+    if name == "model_dir":
+        return Path(raw)
+    if name in ("cors_origins",):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if name == "warmup_batch_sizes":
+        return tuple(int(part) for part in raw.split(",") if part.strip())
+    if name == "gpu_memory_growth":
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if name in ("max_content_length", "max_image_pixels", "max_batch", "tf_intra_op_threads", "tf_inter_op_threads"):
+        return int(raw)
+    return raw

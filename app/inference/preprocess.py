@@ -1,0 +1,144 @@
+"""Turn client input (encoded images or JSON tensors) into a float32 batch the model accepts."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import struct
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ApiError
+from .release import InputSpec
+
+# Modes holding more than 8 bits per channel; Pillow's convert() clips them, so they are
+# rescaled by hand.
+_WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+def decode_image(data: bytes, spec: InputSpec, max_pixels: int) -> np.ndarray:
+    """Decode one encoded image into an array of ``spec.shape``, scaled as the model expects."""
+    if not data:
+        raise ApiError(415, "empty_image", "the uploaded image is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ApiError(
+                    413, "image_too_large", f"image is {width}x{height}; at most {max_pixels} pixels are accepted"
+                )
+            # JPEG can decode at 1/2..1/8 scale for free: never decode more than twice the target.
+            img.draft("RGB", (spec.width * 2, spec.height * 2))
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            img = _to_color_mode(img, spec)
+            img = img.resize((spec.width, spec.height), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    except ApiError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ApiError(413, "image_too_large", str(exc)) from exc
+    except UnidentifiedImageError as exc:
+        raise ApiError(415, "unsupported_media", "the upload is not an image Pillow can read") from exc
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError) as exc:
+        raise ApiError(415, "corrupt_image", f"the image could not be decoded: {exc}") from exc
+    arr = np.asarray(img, dtype=np.float32)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return arr * np.float32(spec.scale) + np.float32(spec.offset)
+
+
+def _to_color_mode(img: Image.Image, spec: InputSpec) -> Image.Image:
+    if getattr(img, "is_animated", False):
+        img.seek(0)
+    if img.mode in _WIDE_MODES:
+        arr = np.asarray(img, dtype=np.float64)
+        top = float(arr.max()) or 1.0
+        img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (*spec.background, 255))
+        canvas.alpha_composite(rgba)
+        img = canvas
+    target = "RGB" if spec.color_mode == "rgb" else "L"
+    if img.mode not in (target, "RGB", "L", "1"):
+        img = img.convert("RGB")
+    return img if img.mode == target else img.convert(target)
+
+
+def decode_b64_image(value: object, spec: InputSpec, max_pixels: int) -> np.ndarray:
+    if not isinstance(value, str):
+        raise ApiError(422, "invalid_instance", '"b64" must hold a base64 string')
+    try:
+        raw = base64.b64decode(value, validate=False)
+    except (binascii.Error, ValueError) as exc:
+        raise ApiError(400, "invalid_base64", f"invalid base64: {exc}") from exc
+    return decode_image(raw, spec, max_pixels)
+
+
+def tensor_batch(instances: object, spec: InputSpec, max_pixels: int, max_batch: int) -> np.ndarray:
+    """Build a batch from TF Serving ``instances``: nested lists, ``{"b64": ...}`` or ``{input: ...}``."""
+    if not isinstance(instances, list) or not instances:
+        raise ApiError(400, "invalid_request", '"instances" must be a non-empty list')
+    if len(instances) > max_batch:
+        raise ApiError(422, "batch_too_large", f"at most {max_batch} instances per request, got {len(instances)}")
+    rows = []
+    for i, item in enumerate(instances):
+        # The model has one input, so {"<input name>": value} is the same as value.
+        value = next(iter(item.values())) if isinstance(item, dict) and len(item) == 1 and "b64" not in item else item
+        if isinstance(value, dict):
+            if set(value) != {"b64"}:
+                raise ApiError(422, "invalid_instance", f'instance {i}: expected a nested list or {{"b64": "..."}}')
+            rows.append(decode_b64_image(value["b64"], spec, max_pixels))
+        else:
+            rows.append(_numeric(value, spec, f"instance {i}"))
+    return np.stack(rows)
+
+
+def columnar_batch(inputs: object, spec: InputSpec, max_pixels: int, max_batch: int) -> np.ndarray:
+    """TF Serving's columnar ``inputs``: a tensor, or ``{input: tensor}``."""
+    if isinstance(inputs, dict):
+        if len(inputs) != 1:
+            raise ApiError(422, "invalid_inputs", "the model has a single input")
+        inputs = next(iter(inputs.values()))
+    if isinstance(inputs, dict) and set(inputs) == {"b64"}:
+        return decode_b64_image(inputs["b64"], spec, max_pixels)[None]
+    if isinstance(inputs, list) and inputs and all(isinstance(x, dict) for x in inputs):
+        return tensor_batch(inputs, spec, max_pixels, max_batch)
+    arr = _as_float_array(inputs, "inputs")
+    if arr.shape == spec.shape:
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[1:] != spec.shape:
+        expected = ", ".join(map(str, spec.shape))
+        raise ApiError(422, "invalid_shape", f"inputs: expected shape [N, {expected}], got {list(arr.shape)}")
+    if arr.shape[0] > max_batch:
+        raise ApiError(422, "batch_too_large", f"at most {max_batch} instances per request, got {arr.shape[0]}")
+    return arr
+
+
+def _numeric(item: object, spec: InputSpec, where: str) -> np.ndarray:
+    arr = _as_float_array(item, where)
+    if arr.shape != spec.shape:
+        raise ApiError(422, "invalid_shape", f"{where}: expected shape {list(spec.shape)}, got {list(arr.shape)}")
+    return arr
+
+
+def _as_float_array(value: object, where: str) -> np.ndarray:
+    if isinstance(value, (str, bytes, bool)) or value is None:
+        raise ApiError(422, "invalid_dtype", f"{where}: expected numbers, got {type(value).__name__}")
+    try:
+        raw = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise ApiError(422, "invalid_shape", f"{where}: ragged or malformed tensor") from exc
+    if raw.dtype.kind not in "iuf":
+        raise ApiError(422, "invalid_dtype", f"{where}: expected numbers, got {raw.dtype.kind!r} values")
+    arr = raw.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise ApiError(422, "invalid_value", f"{where}: NaN or infinite values")
+    return arr

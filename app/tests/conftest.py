@@ -1,0 +1,135 @@
+"""Fixtures: the app with the real demo model, in process and under a real uWSGI."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+
+APP_DIR = Path(__file__).resolve().parents[1]
+ROOT = APP_DIR.parent
+MODEL_DIR = ROOT / "files" / "models" / "digits" / "1"
+SAMPLES = ROOT / "files" / "samples" / "digits"
+
+sys.path.insert(0, str(APP_DIR))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def app():
+    from inference import create_app
+
+    return create_app({"model_dir": str(MODEL_DIR), "max_content_length": 2 * 1024 * 1024})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def samples() -> dict[str, bytes]:
+    return {p.stem: p.read_bytes() for p in sorted(SAMPLES.glob("*.png"))}
+
+
+def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
+    out = io.BytesIO()
+    img.save(out, fmt, **kwargs)
+    return out.getvalue()
+
+
+def counter(text: str, name: str, **labels: str) -> float:
+    for line in text.splitlines():
+        if (line.startswith(name + "{") or line.startswith(name + " ")) and all(
+            f'{k}="{v}"' in line for k, v in labels.items()
+        ):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def uwsgi_binary() -> str:
+    found = shutil.which("uwsgi", path=str(Path(sys.executable).parent)) or shutil.which("uwsgi")
+    if not found:
+        pytest.fail("uwsgi is not installed in this environment (pip install -r app/requirements.txt)")
+    return found
+
+
+def wait_ready(base: str, proc: subprocess.Popen, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"uWSGI exited with {proc.returncode}")
+        try:
+            if requests.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"{base} not ready after {seconds}s")
+
+
+@pytest.fixture(scope="session")
+def uwsgi_server(tmp_path_factory) -> Iterator[str]:
+    """A real uWSGI: master, lazy-apps, 2 processes, HTTP on 127.0.0.1, multiprocess metrics."""
+    port = free_port()
+    metrics_dir = tmp_path_factory.mktemp("metrics")
+    log = tmp_path_factory.mktemp("log") / "uwsgi.log"
+    env = {
+        **os.environ,
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        "FUNFLEET_MODEL_DIR": str(MODEL_DIR),
+    }
+    cmd = [
+        uwsgi_binary(),
+        "--master",
+        "--lazy-apps",
+        "--processes",
+        "2",
+        "--need-app",
+        "--strict",
+        "--die-on-term",
+        "--single-interpreter",
+        "--http-socket",
+        f"127.0.0.1:{port}",
+        "--chdir",
+        str(APP_DIR),
+        "--module",
+        "wsgi:app",
+        "--harakiri",
+        "30",
+        "--buffer-size",
+        "16384",
+        "--logto",
+        str(log),
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, proc)
+        # readyz answers once one worker is up: wait until both have loaded the app.
+        deadline = time.monotonic() + 60
+        while log.read_text().count("WSGI app 0 (mountpoint='') ready") < 2 and time.monotonic() < deadline:
+            time.sleep(0.25)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -1,0 +1,132 @@
+"""Readiness, metadata, metrics, CORS and the release checks."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+
+import pytest
+
+from conftest import MODEL_DIR, counter
+
+
+def test_healthz(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok"}
+
+
+def test_readyz_is_503_until_loaded_then_200():
+    from inference import create_app
+
+    app = create_app({"model_dir": str(MODEL_DIR), "model_load": "none"})
+    client = app.test_client()
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.get_json()["status"] == "loading"
+    assert client.get("/healthz").status_code == 200
+    assert client.post("/predict", data={"image": (io.BytesIO(b"x"), "x")}).status_code == 503
+    app.extensions["funfleet.runtime"].load()
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ready", "model": "digits", "version": "1", "device": "/device:CPU:0"}
+
+
+def test_background_load_becomes_ready():
+    from inference import create_app
+
+    app = create_app({"model_dir": str(MODEL_DIR), "model_load": "background"})
+    app.extensions["funfleet.loader"].join(timeout=60)
+    assert app.test_client().get("/readyz").status_code == 200
+
+
+def test_tampered_model_is_refused(tmp_path):
+    from inference import create_app
+    from inference.release import ReleaseError
+
+    release = tmp_path / "1"
+    shutil.copytree(MODEL_DIR, release)
+    with (release / "model.keras").open("ab") as fh:
+        fh.write(b"tampered")
+    with pytest.raises(ReleaseError, match="sha256 mismatch"):
+        create_app({"model_dir": str(release)})
+    app = create_app({"model_dir": str(release), "model_load": "background"})
+    app.extensions["funfleet.loader"].join(timeout=60)
+    response = app.test_client().get("/readyz")
+    assert response.status_code == 503
+    assert response.get_json()["status"] == "failed"
+    assert "sha256 mismatch" in response.get_json()["error"]
+
+
+def test_metadata(client):
+    body = client.get("/metadata").get_json()
+    meta = json.loads((MODEL_DIR / "metadata.json").read_text())
+    assert body["ready"] is True
+    assert body["model"]["name"] == "digits"
+    assert body["model"]["version"] == "1"
+    assert body["model"]["sha256"] == meta["sha256"]
+    assert body["model"]["input"]["shape"] == [32, 32, 3]
+    assert body["model"]["labels"] == [str(i) for i in range(10)]
+    assert body["model"]["heldout_accuracy"] >= 0.97
+    assert body["runtime"]["device"] == "/device:CPU:0"
+    assert re.fullmatch(r"2\.\d+\.\d+", body["runtime"]["tensorflow"])
+
+
+def test_metrics_count_requests_by_endpoint_and_status(client, samples):
+    before = client.get("/metrics").get_data(as_text=True)
+    for _ in range(3):
+        client.post("/predict", data={"image": (io.BytesIO(samples["1"]), "1.png")})
+    client.post("/predict", data={"image": (io.BytesIO(b"nope"), "x.png")})
+    after = client.get("/metrics").get_data(as_text=True)
+    ok = dict(endpoint="/predict", method="POST", status="200")
+    bad = dict(endpoint="/predict", method="POST", status="415")
+    assert (
+        counter(after, "funfleet_http_requests_total", **ok) - counter(before, "funfleet_http_requests_total", **ok)
+        == 3
+    )
+    assert (
+        counter(after, "funfleet_http_requests_total", **bad) - counter(before, "funfleet_http_requests_total", **bad)
+        == 1
+    )
+    assert (
+        counter(after, "funfleet_inference_duration_seconds_count")
+        - counter(before, "funfleet_inference_duration_seconds_count")
+        == 3
+    )
+    assert (
+        counter(after, "funfleet_predictions_total", model="digits", version="1")
+        - counter(before, "funfleet_predictions_total", model="digits", version="1")
+        == 3
+    )
+    assert 'funfleet_http_request_duration_seconds_bucket{endpoint="/predict",le="0.5"}' in after
+
+
+def test_cors_is_off_by_default(client):
+    response = client.get("/healthz", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+def test_cors_allows_configured_origins():
+    from inference import create_app
+
+    app = create_app({"model_dir": str(MODEL_DIR), "model_load": "none", "cors_origins": "https://ui.example"})
+    client = app.test_client()
+    allowed = client.options(
+        "/predict", headers={"Origin": "https://ui.example", "Access-Control-Request-Method": "POST"}
+    )
+    assert allowed.status_code == 200
+    assert allowed.headers["Access-Control-Allow-Origin"] == "https://ui.example"
+    assert "POST" in allowed.headers["Access-Control-Allow-Methods"]
+    other = client.get("/healthz", headers={"Origin": "https://other.example"})
+    assert "Access-Control-Allow-Origin" not in other.headers
+
+
+def test_settings_reject_unknown_keys():
+    from inference.config import Settings
+
+    with pytest.raises(ValueError, match="unknown setting"):
+        Settings.from_env({"modle_dir": "/x"})
+    assert Settings.from_env(environ={"FUNFLEET_MAX_BATCH": "7", "FUNFLEET_CORS_ORIGINS": "a, b"}).max_batch == 7
+    assert Settings.from_env(environ={"FUNFLEET_CORS_ORIGINS": "a, b"}).cors_origins == ("a", "b")
