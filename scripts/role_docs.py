@@ -1,7 +1,7 @@
 """Write each role README's variable table from its meta/argument_specs.yml.
 
-    python scripts/role_docs.py          # rewrite the tables
-    python scripts/role_docs.py --check  # exit 1 if any table is stale
+python scripts/role_docs.py          # rewrite the tables
+python scripts/role_docs.py --check  # exit 1 if any table is stale
 """
 
 from __future__ import annotations
