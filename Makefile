@@ -81,7 +81,7 @@ demo-down: setup
 serve-app: setup
 	cd app && PROMETHEUS_MULTIPROC_DIR=$$(mktemp -d) exec ../$(BIN)/uwsgi --master --lazy-apps \
 	  --processes $$(nproc) --need-app --strict --die-on-term --single-interpreter \
-	  --http-socket 127.0.0.1:$(PORT) --module wsgi:app --harakiri 30 --buffer-size 16384
+	  --http11-socket 127.0.0.1:$(PORT) --module wsgi:app --harakiri 30 --buffer-size 16384
 
 bench: setup
 	$(PY) bench/bench.py
