@@ -27,6 +27,9 @@ class Settings:
     # "auto" uses a GPU when TensorFlow sees one; "cpu" hides GPUs.
     device: str = "auto"
     gpu_memory_growth: bool = True
+    # GPUs on the host (set by the uwsgi role): with more than one, uWSGI worker i is pinned to
+    # GPU (i-1) mod gpu_count, so workers spread over the GPUs instead of all taking GPU 0.
+    gpu_count: int = 0
     warmup_batch_sizes: tuple[int, ...] = (1, 8, 32)
     extra: dict = field(default_factory=dict)
 
@@ -62,6 +65,13 @@ def _parse(name: str, raw: str):
         return tuple(int(part) for part in raw.split(",") if part.strip())
     if name == "gpu_memory_growth":
         return raw.strip().lower() in ("1", "true", "yes", "on")
-    if name in ("max_content_length", "max_image_pixels", "max_batch", "tf_intra_op_threads", "tf_inter_op_threads"):
+    if name in (
+        "max_content_length",
+        "max_image_pixels",
+        "max_batch",
+        "tf_intra_op_threads",
+        "tf_inter_op_threads",
+        "gpu_count",
+    ):
         return int(raw)
     return raw

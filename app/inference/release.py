@@ -13,6 +13,7 @@ from pathlib import Path
 
 MODEL_FILE = "model.keras"
 LABELS_FILE = "labels.json"
+RELEASE_FILE = "release.json"
 METADATA_FILE = "metadata.json"
 COLOR_MODES = {"rgb": 3, "grayscale": 1}
 
@@ -107,6 +108,18 @@ def read_release(path: str | Path, verify: bool = True) -> Release:
         if actual != release.sha256:
             raise ReleaseError(f"sha256 mismatch for {release.model_file}: metadata {release.sha256}, file {actual}")
     return release
+
+
+def read_release_id(model_dir: str | Path) -> str | None:
+    """The deployment's release id: ``release.json`` in the folder holding the (resolved) model folder.
+
+    The app_release role writes it; a model folder used outside a deployment has none.
+    """
+    marker = Path(model_dir).resolve().parent / RELEASE_FILE
+    try:
+        return str(json.loads(marker.read_text())["id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def write_release_metadata(

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import metrics
 from .config import Settings
-from .release import Release, ReleaseError, read_release
+from .release import Release, ReleaseError, read_release, read_release_id
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class ModelRuntime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.release: Release | None = None
+        self.release_id: str | None = None
         self.info: LoadInfo | None = None
         self.error: str | None = None
         self._fn = None
@@ -53,6 +54,7 @@ class ModelRuntime:
             started = time.monotonic()
             try:
                 release = read_release(self.settings.model_dir)
+                release_id = read_release_id(self.settings.model_dir)
                 tf, keras = _import_tensorflow(self.settings)
                 model = keras.saving.load_model(release.model_file, compile=False)
                 spec = tf.TensorSpec([None, *release.input.shape], tf.float32)
@@ -68,6 +70,7 @@ class ModelRuntime:
                 self.error = f"{type(exc).__name__}: {exc}"
                 raise
             self.release = release
+            self.release_id = release_id
             self._tf = tf
             self._fn = fn
             done = time.monotonic()
@@ -106,6 +109,10 @@ def _import_tensorflow(settings: Settings):
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     if settings.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
+    elif settings.gpu_count > 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        gpu = gpu_for_worker(_uwsgi_worker_id(), settings.gpu_count)
+        if gpu is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     import keras
     import tensorflow as tf
 
@@ -121,6 +128,21 @@ def _import_tensorflow(settings: Settings):
         # TensorFlow is already initialised in this process (tests load twice): keep its settings.
         pass
     return tf, keras
+
+
+def gpu_for_worker(worker_id: int | None, gpu_count: int) -> int | None:
+    """The GPU a uWSGI worker (ids from 1) is pinned to; None outside uWSGI or without GPUs."""
+    if not worker_id or gpu_count < 1:
+        return None
+    return (worker_id - 1) % gpu_count
+
+
+def _uwsgi_worker_id() -> int | None:
+    try:
+        import uwsgi  # type: ignore[import-not-found]  # only inside a uWSGI worker
+    except ImportError:
+        return None
+    return int(uwsgi.worker_id()) or None
 
 
 def _device_of(tf: ModuleType) -> str:

@@ -31,7 +31,27 @@ def test_readyz_is_503_until_loaded_then_200():
     app.extensions["funfleet.runtime"].load()
     response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ready", "model": "digits", "version": "1", "device": "/device:CPU:0"}
+    assert response.get_json() == {
+        "status": "ready",
+        "model": "digits",
+        "version": "1",
+        "device": "/device:CPU:0",
+        "release": None,
+    }
+
+
+def test_readyz_reports_the_deployed_release_id(tmp_path):
+    """The app_release layout: <release>/{model,release.json}, reached through a `current` symlink."""
+    from inference import create_app
+
+    release = tmp_path / "releases" / "digits-1-abc123"
+    shutil.copytree(MODEL_DIR, release / "model")
+    (release / "release.json").write_text(json.dumps({"id": "digits-1-abc123", "model": "digits", "version": "1"}))
+    (tmp_path / "current").symlink_to(release)
+    app = create_app({"model_dir": str(tmp_path / "current" / "model")})
+    body = app.test_client().get("/readyz").get_json()
+    assert body["release"] == "digits-1-abc123"
+    assert app.test_client().get("/metadata").get_json()["release"] == "digits-1-abc123"
 
 
 def test_background_load_becomes_ready():
@@ -130,3 +150,12 @@ def test_settings_reject_unknown_keys():
         Settings.from_env({"modle_dir": "/x"})
     assert Settings.from_env(environ={"FUNFLEET_MAX_BATCH": "7", "FUNFLEET_CORS_ORIGINS": "a, b"}).max_batch == 7
     assert Settings.from_env(environ={"FUNFLEET_CORS_ORIGINS": "a, b"}).cors_origins == ("a", "b")
+
+
+def test_workers_spread_over_gpus_round_robin():
+    from inference.runtime import gpu_for_worker
+
+    assert [gpu_for_worker(w, 4) for w in range(1, 10)] == [0, 1, 2, 3, 0, 1, 2, 3, 0]
+    assert [gpu_for_worker(w, 1) for w in (1, 2, 3)] == [0, 0, 0]
+    assert gpu_for_worker(None, 4) is None  # not under uWSGI
+    assert gpu_for_worker(3, 0) is None  # CPU host

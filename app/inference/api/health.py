@@ -26,7 +26,13 @@ def readyz():
         response = jsonify(status="loading" if rt.error is None else "failed", error=rt.error)
         response.status_code = 503
         return response
-    return jsonify(status="ready", model=rt.release.name, version=rt.release.version, device=rt.info.device)
+    return jsonify(
+        status="ready",
+        model=rt.release.name,
+        version=rt.release.version,
+        device=rt.info.device,
+        release=rt.release_id,
+    )
 
 
 @bp.get("/metadata")
@@ -37,6 +43,7 @@ def metadata():
         "runtime": {"python": platform.python_version()},
         "ready": rt.ready,
         "model": rt.release.describe() if rt.release else None,
+        "release": rt.release_id,
     }
     if rt.info:
         body["runtime"].update(

@@ -1,0 +1,232 @@
+"""A balancer and two app hosts after site.yml: balancing, firewalling, and zero failed requests
+through rolling deploys, a broken release, a rollback, a stopped uWSGI and a lost host.
+
+The tests run in file order and build on each other's fleet state (v1 -> v2 -> broken v3 ->
+rollback to v1 -> failures), as an operator's day would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fleetcheck import ROOT, Load, predict, wait_ready
+
+testinfra_hosts = ["funfleet-fleet-lb"]  # every test runs once; hosts are reached with docker exec
+
+LB = "funfleet-fleet-lb"
+APPS = ["funfleet-fleet-app1", "funfleet-fleet-app2"]
+CLIENT = "funfleet-fleet-client"
+MODEL_V1 = ROOT / "files" / "models" / "digits" / "1"
+REPORT: dict[str, str] = {}
+
+
+def sh(container: str, *argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        ["docker", "exec", container, *argv], check=False, capture_output=True, text=True, timeout=timeout
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{container}: {argv} -> {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def readyz(container: str) -> dict:
+    code = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1/readyz', timeout=5).read().decode())"
+    return json.loads(sh(container, "python3", "-c", code).stdout)
+
+
+def master_pid(container: str) -> str:
+    return sh(container, "systemctl", "show", "-p", "MainPID", "--value", "funfleet").stdout.strip()
+
+
+def lb_state() -> dict[str, str]:
+    lines = sh(LB, "funfleet-lb", "status").stdout.split("\n")
+    return {line.split()[0]: line.split()[2] for line in lines if line.strip()}
+
+
+def release_of(container: str) -> str:
+    return sh(container, "readlink", "/opt/funfleet/current").stdout.strip().rsplit("/", 1)[1]
+
+
+def playbook(name: str, *extra: str) -> subprocess.CompletedProcess:
+    inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
+    binary = shutil.which("ansible-playbook") or str(Path(sys.executable).with_name("ansible-playbook"))
+    env = {**os.environ, "ANSIBLE_ROLES_PATH": str(ROOT / "roles"), "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}
+    cmd = [binary, "-i", str(inventory), str(ROOT / "playbooks" / name), *extra]
+    return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+
+
+def recap(output: str) -> dict[str, tuple[int, int]]:
+    """host -> (changed, failed) from the play recap."""
+    found = re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)\s+unreachable=\d+\s+failed=(\d+)", output, re.M)
+    return {host: (int(changed), int(failed)) for host, changed, failed in found}
+
+
+def model_release(tmp: Path, version: str, sha256: str | None = None) -> Path:
+    """A new model release: the demo model under another version (or with a wrong sha256)."""
+    target = tmp / f"digits-{version}"
+    shutil.copytree(MODEL_V1, target)
+    meta = json.loads((target / "metadata.json").read_text())
+    meta["version"] = version
+    if sha256:
+        meta["sha256"] = sha256
+    (target / "metadata.json").write_text(json.dumps(meta, indent=2))
+    return target
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ready():
+    wait_ready()
+    yield
+    print("\n== fleet report ==\n" + "\n".join(f"{k}: {v}" for k, v in REPORT.items()))
+
+
+@pytest.fixture(scope="module")
+def releases(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("releases")
+    return {"v2": model_release(tmp, "2"), "broken": model_release(tmp, "3", sha256="0" * 64)}
+
+
+def test_balancer_spreads_requests_over_both_app_hosts():
+    seen = {}
+    for _ in range(30):
+        r = predict("3")
+        assert r.status_code == 200
+        assert r.json()["best_prediction"] == "3"
+        seen[r.headers["X-Served-By"]] = seen.get(r.headers["X-Served-By"], 0) + 1
+    assert set(seen) == set(APPS), seen
+    assert min(seen.values()) >= 5, seen
+
+
+def test_balancer_config_names_every_app_host_with_failover():
+    upstream = sh(LB, "cat", "/etc/nginx/funfleet-lb/upstream.conf").stdout
+    for app in APPS:
+        address = sh(app, "hostname", "-I").stdout.split()[0]
+        assert f"server {address}:80 max_fails=1 fail_timeout=10s;  # {app}" in upstream
+    site = sh(LB, "cat", "/etc/nginx/sites-enabled/funfleet.conf").stdout
+    assert "proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent;" in site
+    assert "keepalive 32;" in site
+    sh(LB, "nginx", "-t")
+
+
+def test_app_hosts_take_http_from_the_balancer_only():
+    lb_address = sh(LB, "hostname", "-I").stdout.split()[0]
+    probe = "import socket, sys; socket.create_connection((sys.argv[1], 80), timeout=3); print('connected')"
+    for app in APPS:
+        from_lb = sh(LB, "python3", "-c", probe, app, check=False)
+        assert from_lb.returncode == 0, from_lb.stderr
+        assert from_lb.stdout.strip() == "connected"
+        from_client = sh(CLIENT, "python3", "-c", probe, app, check=False)
+        assert from_client.returncode == 1
+        assert "timed out" in from_client.stderr  # UFW drops, it does not reject
+        rules = sh(app, "ufw", "status").stdout
+        allowed = [line for line in rules.splitlines() if "ALLOW" in line]
+        assert allowed == [
+            f"80/tcp                     ALLOW       {lb_address:<18}# funfleet:http-from-lb-{lb_address}"
+        ], rules
+
+
+def test_rolling_deploy_of_a_new_model_version_drops_nothing(releases):
+    before = {app: release_of(app) for app in APPS}
+    started = time.monotonic()
+    with Load() as load:
+        result = playbook("deploy.yml", "-e", f"app_release_model_src={releases['v2']}")
+    took = time.monotonic() - started
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert load.failures == [], load.summary()
+    assert load.ok >= 100, load.summary()
+    assert set(load.served_by) == set(APPS), load.summary()  # each host served while the other was drained
+    assert set(load.versions) == {"1", "2"}, load.summary()
+    for app in APPS:
+        body = readyz(app)
+        assert body["version"] == "2"
+        assert body["release"] == release_of(app) != before[app]
+        assert body["release"].startswith("digits-2-")
+    assert lb_state() == dict.fromkeys(APPS, "serving")
+    REPORT["rolling deploy v1->v2"] = (
+        f"{took:.1f}s for {len(APPS)} hosts ({took / len(APPS):.1f}s/host); {load.summary()}"
+    )
+
+
+def test_deploying_the_same_release_again_changes_nothing(releases):
+    pids = {app: master_pid(app) for app in APPS}
+    lb_workers = sh(LB, "pgrep", "-f", "nginx: worker process").stdout.split()
+    result = playbook("deploy.yml", "-e", f"app_release_model_src={releases['v2']}")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert recap(result.stdout) == {LB: (0, 0), **{app: (0, 0) for app in APPS}}, result.stdout[-2000:]
+    assert {app: master_pid(app) for app in APPS} == pids  # no restart, no reload
+    assert sh(LB, "pgrep", "-f", "nginx: worker process").stdout.split() == lb_workers  # no nginx reload
+
+
+def test_broken_release_stops_after_the_first_host(releases):
+    before = {app: release_of(app) for app in APPS}
+    pids = {app: master_pid(app) for app in APPS}
+    with Load() as load:
+        result = playbook("deploy.yml", "-e", f"app_release_model_src={releases['broken']}")
+    assert result.returncode == 2, result.stdout[-3000:]
+    first, second = APPS
+    words = " ".join(result.stdout.split())
+    assert re.search(rf"Deploy of digits-3-\w+ failed on {first} \(Refuse a model whose sha256", words), words[-3000:]
+    assert "sha256 mismatch" in words
+    assert f"stays drained on {LB}" in words
+    assert recap(result.stdout)[first][1] == 1
+    assert second not in recap(result.stdout)  # the rollout stopped before the second batch
+    # The first host is on its old release, serving it, and left drained; the second untouched.
+    assert release_of(first) == before[first]
+    assert readyz(first)["version"] == "2"
+    assert sh(first, "ls", "/opt/funfleet/releases").stdout.split().count(before[first]) == 1
+    assert not any(r.startswith("digits-3-") for r in sh(first, "ls", "/opt/funfleet/releases").stdout.split())
+    assert lb_state() == {first: "drained", second: "serving"}
+    assert release_of(second) == before[second]
+    assert master_pid(second) == pids[second]
+    assert load.failures == [], load.summary()
+    assert set(load.served_by) <= set(APPS)
+    REPORT["broken release"] = load.summary()
+
+
+def test_rollback_returns_every_host_to_the_previous_version():
+    with Load() as load:
+        result = playbook("rollback.yml")
+    assert result.returncode == 0, result.stdout[-3000:]
+    for app in APPS:
+        body = readyz(app)
+        assert body["version"] == "1", (app, body)
+        assert body["release"].startswith("digits-1-")
+        assert release_of(app) == body["release"]
+    assert lb_state() == dict.fromkeys(APPS, "serving")
+    assert load.failures == [], load.summary()
+    assert load.ok >= 50, load.summary()
+    REPORT["rollback v2->v1"] = load.summary()
+
+
+def test_stopping_uwsgi_on_one_host_under_load_drops_nothing():
+    victim, survivor = APPS
+    with Load(max_seconds=120) as load:
+        time.sleep(3)
+        sh(victim, "systemctl", "stop", "funfleet")
+        time.sleep(8)
+        sh(victim, "systemctl", "start", "funfleet", timeout=150)
+        time.sleep(3)
+    assert load.failures == [], load.summary()
+    assert load.served_by[survivor] > 0
+    wait_ready()
+    REPORT["uwsgi stopped on one host"] = load.summary()
+
+
+def test_losing_an_app_host_under_load_drops_nothing():
+    victim, survivor = APPS
+    with Load(max_seconds=180) as load:
+        time.sleep(3)
+        subprocess.run(["docker", "kill", victim], check=True, capture_output=True, timeout=60)
+        time.sleep(15)
+    assert load.failures == [], load.summary()
+    after = [predict("0").headers["X-Served-By"] for _ in range(10)]
+    assert after == [survivor] * 10
+    REPORT["app host killed"] = load.summary()

@@ -1,0 +1,102 @@
+"""The GPU path on a host whose GPU fact is forced (no GPU here), beside an untouched CPU host."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+GPU, CPU = "funfleet-gpu-gpu1", "funfleet-gpu-cpu1"
+testinfra_hosts = [GPU, CPU]
+
+
+@pytest.fixture
+def name(host):
+    return host.backend.get_hostname()
+
+
+def ini(host) -> dict[str, str]:
+    lines = host.file("/etc/funfleet/uwsgi.ini").content_string.splitlines()
+    return dict(line.split(" = ", 1) for line in lines if " = " in line)
+
+
+def test_gpu_fact_is_installed_and_reports_this_host(host):
+    fact = host.file("/etc/ansible/facts.d/nvidia_gpu.fact")
+    assert fact.mode == 0o755
+    real = json.loads(host.check_output("/etc/ansible/facts.d/nvidia_gpu.fact"))
+    assert real["count"] == 0  # the container has no GPU: only the override makes gpu1 one
+    assert real["driver_loaded"] is False
+    assert real["source"] == "lspci"
+    assert host.package("pciutils").is_installed
+
+
+def test_unit_device_access(host, name):
+    unit = host.file("/etc/systemd/system/funfleet.service").content_string.splitlines()
+    allowed = [line for line in unit if line.startswith("DeviceAllow=")]
+    if name == GPU:
+        assert "PrivateDevices=no" in unit
+        assert allowed == [
+            "DeviceAllow=/dev/nvidiactl rw",
+            "DeviceAllow=/dev/nvidia-uvm rw",
+            "DeviceAllow=/dev/nvidia-uvm-tools rw",
+            "DeviceAllow=/dev/nvidia-modeset rw",
+            "DeviceAllow=char-nvidia-frontend rw",
+        ]
+    else:
+        assert "PrivateDevices=yes" in unit
+        assert allowed == []
+    assert "DevicePolicy=closed" in unit
+    assert "KillMode=mixed" in unit
+
+
+def test_worker_layout_and_tensorflow_settings(host, name):
+    env = host.file("/etc/funfleet/app.env").content_string.splitlines()
+    if name == GPU:
+        assert ini(host)["processes"] == "2"  # uwsgi_workers_per_gpu (2) x 1 GPU
+        assert "FUNFLEET_DEVICE=auto" in env
+        assert "FUNFLEET_GPU_MEMORY_GROWTH=1" in env
+        assert "FUNFLEET_GPU_COUNT=1" in env
+    else:
+        assert ini(host)["processes"] == host.check_output("nproc")  # one per core
+        assert "FUNFLEET_DEVICE=cpu" in env
+        assert not [line for line in env if line.startswith("FUNFLEET_GPU")]
+
+
+def test_wheel_set_selected(host, name):
+    plan = json.loads(host.file("/etc/funfleet/runtime-plan.json").content_string)
+    assert plan["python_version"] == "3.11"
+    if name == GPU:
+        assert plan["flavor"] == "gpu"
+        assert plan["requirements_file"].endswith("app/requirements-gpu.txt")
+        assert "tensorflow[and-cuda]==2.21.0" in plan["requirements"].splitlines()
+        assert "tensorflow-cpu" not in plan["requirements"]
+    else:
+        assert plan["flavor"] == "cpu"
+        assert plan["requirements_file"].endswith("app/requirements.txt")
+        assert 'tensorflow-cpu==2.21.0 ; platform_machine == "x86_64"' in plan["requirements"].splitlines()
+
+
+def test_driver_tasks_ran_in_check_mode_on_the_gpu_host_only(host, name):
+    components = [
+        line.split(":", 1)[1].split()
+        for line in host.file("/etc/apt/sources.list.d/debian.sources").content_string.splitlines()
+        if line.startswith("Components:")
+    ]
+    blacklist = host.file("/etc/modprobe.d/funfleet-blacklist-nouveau.conf")
+    if name == GPU:
+        # The non-free driver's components are enabled for real, so the check-mode install
+        # could resolve the packages; nothing was installed or blacklisted.
+        assert components == [["main", "contrib", "non-free", "non-free-firmware"]] * len(components) != []
+        assert "Candidate: (none)" not in host.check_output("apt-cache policy nvidia-driver")
+    else:
+        assert components == [["main"]] * len(components) != []
+    assert not host.package("nvidia-driver").is_installed
+    assert not blacklist.exists
+
+
+def test_app_unit_hardening_stays_within_bounds(host, name):
+    out = host.check_output("systemd-analyze security funfleet --no-pager")
+    score = float(re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out).group(1))
+    # The GPU unit gives up PrivateDevices for the NVIDIA devices only; the CPU unit keeps all.
+    assert score <= (2.5 if name == GPU else 2.0), out[-400:]

@@ -1,0 +1,123 @@
+"""What the roles would install on Debian 12, Ubuntu 22.04 and Ubuntu 24.04, CPU and GPU hosts,
+without such hosts: the roles' resolve tasks run against forced distribution and GPU facts
+(tests/resolve/), and pip's own marker rules turn the chosen requirements file into a wheel set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parents[1]
+HOSTS = ["debian12-cpu", "debian12-gpu", "ubuntu22-cpu", "ubuntu22-gpu", "ubuntu24-cpu", "ubuntu24-gpu"]
+COMMON = {"flask": "3.1.3", "werkzeug": "3.1.9", "prometheus-client": "0.26.0", "pyuwsgi": "2.0.30.post1"}
+MODERN = {"keras": "3.15.1", "numpy": "2.4.6", "pillow": "13.0.0"}
+PY310 = {"keras": "3.12.4", "numpy": "2.2.6", "pillow": "12.3.0"}
+
+EXPECTED = {
+    "debian12-cpu": ("3.11", "2_36", "cpu", MODERN),
+    "debian12-gpu": ("3.11", "2_36", "gpu", MODERN),
+    "ubuntu22-cpu": ("3.10", "2_35", "cpu", PY310),
+    "ubuntu22-gpu": ("3.10", "2_35", "gpu", PY310),
+    "ubuntu24-cpu": ("3.12", "2_39", "cpu", MODERN),
+    "ubuntu24-gpu": ("3.12", "2_39", "gpu", MODERN),
+}
+DRIVER = {
+    "debian12": (
+        ["contrib", "non-free", "non-free-firmware"],
+        ["linux-headers-6.1.0-28-amd64", "nvidia-driver", "firmware-misc-nonfree", "nvidia-persistenced"],
+    ),
+    "ubuntu22": (["restricted"], ["nvidia-driver-550-server", "nvidia-utils-550-server"]),
+    "ubuntu24": (["restricted"], ["nvidia-driver-550-server", "nvidia-utils-550-server"]),
+}
+GPUS = {"debian12-gpu": 1, "ubuntu22-gpu": 4, "ubuntu24-gpu": 8}
+
+
+@pytest.fixture(scope="module")
+def plans(tmp_path_factory):
+    out = tmp_path_factory.mktemp("plans")
+    env = {
+        **os.environ,
+        "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
+        "ANSIBLE_LIBRARY": str(ROOT / "tests" / "resolve" / "library"),
+        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+        "ANSIBLE_GATHERING": "explicit",
+        "ANSIBLE_FACT_CACHING": "memory",
+    }
+    playbook = Path(sys.executable).with_name("ansible-playbook")
+    result = subprocess.run(
+        [str(playbook), "-i", "tests/resolve/inventory.yml", "tests/resolve/resolve.yml", "-e", f"out={out}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    return {host: json.loads((out / f"{host}.json").read_text()) for host in HOSTS}
+
+
+def wheel_set(requirements: Path, python_version: str) -> dict[str, str]:
+    """The pins pip would take from a requirements file on that Python (x86_64 Linux)."""
+    env = {"python_version": python_version, "platform_machine": "x86_64", "sys_platform": "linux"}
+    pins = {}
+    for line in requirements.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        req = Requirement(line)
+        if req.marker is None or req.marker.evaluate(env):
+            name = req.name + (f"[{','.join(sorted(req.extras))}]" if req.extras else "")
+            pins[name] = str(req.specifier).removeprefix("==")
+    return pins
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_python_runtime_plan(plans, host):
+    python, glibc, flavor, pins = EXPECTED[host]
+    plan = plans[host]["python_runtime"]
+    assert plan["python_version"] == python
+    assert plan["packages"] == ["python3", "python3-venv", "python3-pip"]
+    assert plan["flavor"] == flavor
+    assert Path(plan["requirements_file"]) == ROOT / "app" / ("requirements-gpu.txt" if flavor == "gpu" else "requirements.txt")
+    args = plan["pip_download_args"]
+    assert f"--python-version={python}" in args
+    assert f"--abi=cp{python.replace('.', '')}" in args
+    platforms = [a.removeprefix("--platform=") for a in args if a.startswith("--platform=")]
+    assert platforms[0] == "manylinux_2_17_x86_64"
+    assert platforms[-2:] == [f"manylinux_{glibc}_x86_64", "manylinux2014_x86_64"]
+    tensorflow = {"tensorflow[and-cuda]": "2.21.0"} if flavor == "gpu" else {"tensorflow-cpu": "2.21.0"}
+    assert wheel_set(Path(plan["requirements_file"]), python) == {**COMMON, **pins, **tensorflow}
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_driver_plan(plans, host):
+    components, packages = DRIVER[host.split("-")[0]]
+    assert plans[host]["nvidia"] == {"source": "distro", "components": components, "packages": packages}
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_unit_layout(plans, host):
+    plan = plans[host]["uwsgi"]
+    unit = plan["unit"].splitlines()
+    if host in GPUS:
+        assert plan["processes"] == 2 * GPUS[host]
+        assert plan["gpu_device_access"] is True
+        assert "PrivateDevices=no" in unit
+        assert "DeviceAllow=char-nvidia-frontend rw" in unit
+        assert f"FUNFLEET_GPU_COUNT={GPUS[host]}" in plan["env"].splitlines()
+    else:
+        assert plan["processes"] == 16
+        assert plan["gpu_device_access"] is False
+        assert "PrivateDevices=yes" in unit
+        assert not [line for line in unit if line.startswith("DeviceAllow=")]
+        assert "FUNFLEET_DEVICE=cpu" in plan["env"].splitlines()
+    # The rest of the hardening is the same on both.
+    for line in ("NoNewPrivileges=yes", "ProtectSystem=strict", "CapabilityBoundingSet=", "DevicePolicy=closed"):
+        assert line in unit
