@@ -52,6 +52,7 @@ test-unit: setup
 	$(PY) -m pytest -q tests
 
 image: setup
+	@mkdir -p .cache
 	@scripts/build-testhost-image $(SUITE) > .cache/image
 	@echo "test-host image: $$(cat .cache/image)"
 
