@@ -31,7 +31,7 @@ EXPECTED = {
 DRIVER = {
     "debian12": (
         ["contrib", "non-free", "non-free-firmware"],
-        ["linux-headers-6.1.0-28-amd64", "nvidia-driver", "firmware-misc-nonfree", "nvidia-persistenced"],
+        ["linux-headers-amd64", "nvidia-driver", "firmware-misc-nonfree", "nvidia-persistenced"],
     ),
     "ubuntu22": (["restricted"], ["nvidia-driver-550-server", "nvidia-utils-550-server"]),
     "ubuntu24": (["restricted"], ["nvidia-driver-550-server", "nvidia-utils-550-server"]),
