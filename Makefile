@@ -22,7 +22,7 @@ endef
 .PHONY: help setup system-packages lint test test-app test-unit test-molecule image demo demo-down serve-app bench clean
 
 help:
-	@echo "make demo       set everything up, deploy to a local test host, print a real prediction"
+	@echo "make demo       set everything up, deploy to a local fleet (lb + 2 app hosts), print real predictions"
 	@echo "make test       lint + app tests + molecule scenarios (what CI runs)"
 	@echo "make test-app   the inference service's tests only"
 	@echo "make serve-app PORT=8000   the app under a real uWSGI on 127.0.0.1:PORT"
@@ -64,13 +64,14 @@ test-molecule: image
 	done
 
 test:
-	@mkdir -p .cache && : > $(TIMINGS)
+	@mkdir -p .cache && : > $(TIMINGS) && rm -f .cache/fleet-report.txt
 	$(call timed,setup,$(MAKE) --no-print-directory setup)
 	$(call timed,lint,$(MAKE) --no-print-directory lint)
 	$(call timed,test-app,$(MAKE) --no-print-directory test-app)
 	$(call timed,test-unit,$(MAKE) --no-print-directory test-unit)
 	$(call timed,image,$(MAKE) --no-print-directory image)
 	$(MAKE) --no-print-directory test-molecule
+	@if [ -f .cache/fleet-report.txt ]; then echo "== fleet under load =="; cat .cache/fleet-report.txt; fi
 	@echo "== stage timings (s) =="; column -t $(TIMINGS); awk '{s+=$$2} END {print "total " s " s"}' $(TIMINGS)
 
 demo: image
