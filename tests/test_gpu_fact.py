@@ -33,8 +33,10 @@ def run_fact(tmp_path: Path, lspci: str | None, proc: dict[str, str] | None = No
 
 
 DRIVER_535 = {
-    "proc/driver/nvidia/version": "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023\n"
-    "GCC version:  gcc version 12.3.0 (Ubuntu 12.3.0-1ubuntu1~22.04)\n",
+    "proc/driver/nvidia/version": (
+        "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023\n"
+        "GCC version:  gcc version 12.3.0 (Ubuntu 12.3.0-1ubuntu1~22.04)\n"
+    ),
 }
 
 
@@ -91,7 +93,9 @@ def test_non_nvidia_display_controller(tmp_path):
 def test_falls_back_to_proc_when_lspci_is_missing(tmp_path):
     proc = {
         **DRIVER_535,
-        "proc/driver/nvidia/gpus/0000:01:00.0/information": "Model: \t\t Tesla T4\nIRQ:   \t\t 130\nBus Type: \t PCIe\n",
+        "proc/driver/nvidia/gpus/0000:01:00.0/information": (
+            "Model: \t\t Tesla T4\nIRQ:   \t\t 130\nBus Type: \t PCIe\n"
+        ),
         "proc/driver/nvidia/gpus/0000:02:00.0/information": "Model: \t\t Tesla T4\nIRQ:   \t\t 131\n",
     }
     fact = run_fact(tmp_path, None, proc)

@@ -67,8 +67,8 @@ def wheel_set(requirements: Path, python_version: str) -> dict[str, str]:
     """The pins pip would take from a requirements file on that Python (x86_64 Linux)."""
     env = {"python_version": python_version, "platform_machine": "x86_64", "sys_platform": "linux"}
     pins = {}
-    for line in requirements.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
+    for raw in requirements.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
         if not line:
             continue
         req = Requirement(line)
@@ -85,7 +85,8 @@ def test_python_runtime_plan(plans, host):
     assert plan["python_version"] == python
     assert plan["packages"] == ["python3", "python3-venv", "python3-pip"]
     assert plan["flavor"] == flavor
-    assert Path(plan["requirements_file"]) == ROOT / "app" / ("requirements-gpu.txt" if flavor == "gpu" else "requirements.txt")
+    wanted = "requirements-gpu.txt" if flavor == "gpu" else "requirements.txt"
+    assert Path(plan["requirements_file"]) == ROOT / "app" / wanted
     args = plan["pip_download_args"]
     assert f"--python-version={python}" in args
     assert f"--abi=cp{python.replace('.', '')}" in args
