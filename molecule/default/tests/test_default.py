@@ -126,7 +126,9 @@ def test_non_image_is_415():
 
 def test_readyz_and_metrics_count_requests(host):
     body = requests.get(f"{BASE}/readyz", timeout=5).json()
-    assert body == {"status": "ready", "model": "digits", "version": "1", "device": "/device:CPU:0"}
+    current = host.file("/opt/funfleet/current").linked_to.rsplit("/", 1)[1]
+    assert current.startswith("digits-1-")
+    assert body == {"status": "ready", "model": "digits", "version": "1", "device": "/device:CPU:0", "release": current}
     key = dict(endpoint="/predict", method="POST", status="200")
     before = counter(requests.get(f"{BASE}/metrics", timeout=5).text, "funfleet_http_requests_total", **key)
     for i in range(6):
