@@ -173,7 +173,7 @@ def test_broken_release_stops_after_the_first_host(releases):
         result = playbook("deploy.yml", "-e", f"app_release_model_src={releases['broken']}")
     assert result.returncode == 2, result.stdout[-3000:]
     first, second = APPS
-    words = " ".join(result.stdout.split())
+    words = " ".join((result.stdout + result.stderr).split())  # failures may go to stderr
     assert re.search(rf"Deploy of digits-3-\w+ failed on {first} ", words), words[-3000:]
     assert "Refuse a model whose sha256 does not match its metadata" in words
     assert "sha256 mismatch" in words
