@@ -83,9 +83,10 @@ demo-down: setup
 serve-app: setup
 	cd app && PROMETHEUS_MULTIPROC_DIR=$$(mktemp -d) exec ../$(BIN)/uwsgi --master --lazy-apps \
 	  --processes $$(nproc) --need-app --strict --die-on-term --single-interpreter \
-	  --http11-socket 127.0.0.1:$(PORT) --module wsgi:app --harakiri 30 --buffer-size 16384
+	  --http 127.0.0.1:$(PORT) --http-keepalive --module wsgi:app --harakiri 30 --buffer-size 16384
 
 bench: setup
+	@scripts/ensure-system-packages nginx-light
 	$(PY) bench/bench.py
 
 clean:

@@ -1,17 +1,21 @@
 """Throughput benchmark: prints a table. Not a test; numbers are ratios within one run.
 
 Measures, on this machine, in one run:
-  raw     the compiled model call at batch 1 (and 32), no HTTP: the ceiling;
-  funfleet  our app under uWSGI (master, lazy-apps, 2 workers, TF threads 1/worker);
-  gunicorn  our app under gunicorn, 2 sync workers (a common hand-rolled setup);
+  raw       the compiled model call in one process with one TF thread, batch 1 (and 32), no HTTP;
+  funfleet  what an app host runs: nginx -> uWSGI over a unix socket (master, lazy-apps,
+            2 workers, TF threads 1/worker);
+  gunicorn  the same app under gunicorn's documented deployment: 2 sync workers behind nginx;
+  uWSGI     uWSGI alone on its HTTP socket (what `make serve-app` runs);
   flask-dev the old recipe: Flask dev server, model.predict() per request;
-at concurrency 1, 4 and 16 with wrk (loopback, each run bounded to --seconds), multipart
-uploads of a held-out digit. Prints served/raw at each concurrency.
+at concurrency 1, 4 and 16 with wrk (loopback, each run bounded to --seconds, HTTP keep-alive
+towards nginx), multipart uploads of a held-out digit. Prints served/raw at each concurrency.
+nginx runs from a generated config in a temporary directory, not the system's.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import re
 import shutil
@@ -101,10 +105,67 @@ def load(url: str, conns: int, seconds: int, script: Path) -> dict:
     return {"rps": reqs / (dur / 1e6), "errors": status_err + sock_err, "p50": p50 / 1000, "p99": p99 / 1000}
 
 
-def start(cmd: list[str], port: int, env: dict, cwd: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(
+NGINX_CONF = """\
+daemon off;
+user {user};
+worker_processes auto;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    server_tokens off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    uwsgi_temp_path {tmp}/uwsgi;
+    fastcgi_temp_path {tmp}/fastcgi;
+    scgi_temp_path {tmp}/scgi;
+    client_max_body_size 8m;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+{location}
+        }}
+    }}
+}}
+"""
+# What the nginx role writes for an app host: uwsgi_pass to the unix socket.
+UWSGI_LOCATION = "            include /etc/nginx/uwsgi_params;\n            uwsgi_pass unix:{sock};"
+# gunicorn's documented deployment: sync workers behind a buffering nginx proxy.
+PROXY_LOCATION = "            proxy_pass http://unix:{sock};\n            proxy_set_header Host $host;"
+
+
+class Server:
+    """One row group of the table: a backend, optionally behind its own nginx on `port`."""
+
+    def __init__(self, name: str, backend: list[str], env: dict, cwd: Path, location: str | None = None) -> None:
+        self.name, self.backend, self.env, self.cwd, self.location = name, backend, env, cwd, location
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, port: int, tmp: Path) -> None:
+        sock = tmp / f"{port}.sock"
+        cmd = [a.format(port=port, sock=sock) for a in self.backend]
+        self.procs.append(spawn(cmd, self.env, self.cwd))
+        if self.location is not None:
+            conf = tmp / f"nginx-{port}.conf"
+            conf.write_text(
+                NGINX_CONF.format(user=getpass.getuser(), tmp=tmp, port=port, location=self.location.format(sock=sock))
+            )
+            self.procs.append(spawn(["nginx", "-c", str(conf)], self.env, tmp))
+        await_serving(port)
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            stop(proc)
+
+
+def spawn(cmd: list[str], env: dict, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
         cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
+
+
+def await_serving(port: int) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -114,12 +175,11 @@ def start(cmd: list[str], port: int, env: dict, cwd: Path) -> subprocess.Popen:
             if r.status_code == 200:
                 # Give every worker time to finish loading before measuring.
                 time.sleep(8)
-                return proc
+                return
         except requests.RequestException:
             pass
         time.sleep(0.5)
-    stop(proc)
-    raise RuntimeError(f"{cmd[0]} did not serve on {port}")
+    raise RuntimeError(f"nothing served a prediction on port {port}")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -130,69 +190,87 @@ def stop(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def servers(workers: int, env: dict, tmp: Path) -> list[Server]:
+    w = str(workers)
+    # The uWSGI options the uwsgi role's ini sets that matter for throughput.
+    uwsgi = [
+        str(BIN / "uwsgi"),
+        "--master",
+        "--lazy-apps",
+        "--processes",
+        w,
+        "--need-app",
+        "--die-on-term",
+        "--single-interpreter",
+        "--enable-threads",
+        "--thunder-lock",
+        "--disable-logging",
+        "--listen",
+        "128",
+        "--buffer-size",
+        "16384",
+        "--module",
+        "wsgi:app",
+    ]
+
+    def app_env() -> dict:
+        return {**env, "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(dir=tmp)}
+
+    return [
+        Server("funfleet nginx>uWSGI", [*uwsgi, "--socket", "{sock}"], app_env(), APP, UWSGI_LOCATION),
+        Server(
+            "gunicorn nginx>gunicorn",
+            [str(BIN / "gunicorn"), "-w", w, "-b", "unix:{sock}", "wsgi:app"],
+            app_env(),
+            APP,
+            PROXY_LOCATION,
+        ),
+        # What `make serve-app` runs: uWSGI's own HTTP router (keep-alive) in front of the workers.
+        Server("uWSGI alone (http)", [*uwsgi, "--http", "127.0.0.1:{port}", "--http-keepalive"], app_env(), APP),
+        Server(
+            "flask dev + predict()",
+            [sys.executable, str(ROOT / "bench" / "peer_flask_predict.py"), "{port}"],
+            env,
+            ROOT,
+        ),
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="funfleet throughput benchmark")
     parser.add_argument("--seconds", type=int, default=5, help="duration of each load run (bounded)")
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    if not shutil.which("wrk"):
-        sys.exit("wrk is missing: apt-get install wrk (make setup does)")
+    for tool, pkg in (("wrk", "wrk"), ("nginx", "nginx-light")):
+        if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
+            sys.exit(f"{tool} is missing: apt-get install {pkg} (make setup does)")
     levels = [int(c) for c in args.concurrency.split(",")]
 
     raw = raw_throughput(3.0)
     tmp = Path(tempfile.mkdtemp(prefix="funfleet-bench-"))
     script = wrk_script(tmp)
-    env = {**os.environ, "FUNFLEET_MODEL_DIR": str(MODEL_DIR), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    w = str(args.workers)
-    servers = {
-        "funfleet (uWSGI)": lambda port: (
-            [
-                str(BIN / "uwsgi"),
-                "--master",
-                "--lazy-apps",
-                "--processes",
-                w,
-                "--need-app",
-                "--die-on-term",
-                "--single-interpreter",
-                "--thunder-lock",
-                "--disable-logging",
-                "--http11-socket",
-                f"127.0.0.1:{port}",
-                "--module",
-                "wsgi:app",
-                "--listen",
-                "128",
-            ],
-            {**env, "PROMETHEUS_MULTIPROC_DIR": str(Path(tempfile.mkdtemp(dir=tmp)))},
-            APP,
-        ),
-        "gunicorn (same app)": lambda port: (
-            [str(BIN / "gunicorn"), "-w", w, "-b", f"127.0.0.1:{port}", "wsgi:app"],
-            {**env, "PROMETHEUS_MULTIPROC_DIR": str(Path(tempfile.mkdtemp(dir=tmp)))},
-            APP,
-        ),
-        "flask dev + predict()": lambda port: (
-            [sys.executable, str(ROOT / "bench" / "peer_flask_predict.py"), str(port)],
-            env,
-            ROOT,
-        ),
+    env = {
+        **os.environ,
+        "FUNFLEET_MODEL_DIR": str(MODEL_DIR),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PATH": f"{os.environ.get('PATH', '')}:/usr/sbin",
     }
     rows = []
-    for i, (name, make) in enumerate(servers.items()):
+    table = servers(args.workers, env, tmp)
+    for i, server in enumerate(table):
         port = 18500 + i
-        cmd, penv, cwd = make(port)
-        proc = start(cmd, port, penv, cwd)
         try:
+            server.start(port, tmp)
             for c in levels:
-                rows.append((name, c, load(f"http://127.0.0.1:{port}/predict", c, args.seconds, script)))
+                rows.append((server.name, c, load(f"http://127.0.0.1:{port}/predict", c, args.seconds, script)))
         finally:
-            stop(proc)
+            server.stop()
 
     print(
-        f"\nraw compiled call: batch 1 = {raw[1]:.0f} img/s, batch 32 = {raw[32]:.0f} img/s "
-        f"({os.cpu_count()} cores, wrk on the same cores)"
+        f"\nraw compiled call, one process, one TF thread: batch 1 = {raw[1]:.0f} img/s, "
+        f"batch 32 = {raw[32]:.0f} img/s ({os.cpu_count()} cores; servers: {args.workers} workers; "
+        "nginx and wrk share the cores)"
     )
     print(f"{'server':24} {'conc':>4} {'img/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'served/raw':>10}")
     for name, c, r in rows:
@@ -200,10 +278,10 @@ def main() -> int:
             f"{name:24} {c:>4} {r['rps']:>8.0f} {r['p50']:>8.1f} {r['p99']:>8.1f} {r['errors']:>6} "
             f"{r['rps'] / raw[1]:>10.2f}"
         )
-    ours = {c: r["rps"] for n, c, r in rows if n.startswith("funfleet")}
-    for name in list(servers)[1:]:
-        theirs = {c: r["rps"] for n, c, r in rows if n == name}
-        print(f"funfleet / {name} at c={levels[-1]}: {ours[levels[-1]] / theirs[levels[-1]]:.2f}x")
+    ours = {c: r["rps"] for n, c, r in rows if n == table[0].name}
+    for server in table[1:]:
+        theirs = {c: r["rps"] for n, c, r in rows if n == server.name}
+        print(f"{table[0].name} / {server.name} at c={levels[-1]}: {ours[levels[-1]] / theirs[levels[-1]]:.2f}x")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
