@@ -19,7 +19,7 @@ define timed
 	@start=$$(date +%s); $(2); echo "$(1) $$(( $$(date +%s) - start ))" >> $(TIMINGS)
 endef
 
-.PHONY: help setup system-packages lint test test-app test-unit test-molecule image demo demo-down serve-app bench clean
+.PHONY: help setup system-packages lint test test-stages test-app test-unit test-molecule image demo demo-down serve-app bench clean
 
 help:
 	@echo "make demo       set everything up, deploy to a local fleet (lb + 2 app hosts), print real predictions"
@@ -63,8 +63,14 @@ test-molecule: image
 	  echo "molecule:$$s $$(( $$(date +%s) - start ))" >> $(TIMINGS); \
 	done
 
+# Everything CI runs; the log is kept and ends with one line of pytest totals over all stages.
 test:
-	@mkdir -p .cache && : > $(TIMINGS) && rm -f .cache/fleet-report.txt
+	@mkdir -p .cache
+	@$(MAKE) --no-print-directory test-stages 2>&1 | tee .cache/test.log
+	@scripts/test-totals .cache/test.log
+
+test-stages:
+	@: > $(TIMINGS) && rm -f .cache/fleet-report.txt
 	$(call timed,setup,$(MAKE) --no-print-directory setup)
 	$(call timed,lint,$(MAKE) --no-print-directory lint)
 	$(call timed,test-app,$(MAKE) --no-print-directory test-app)
