@@ -1,14 +1,15 @@
-"""Throughput benchmark: prints a table. Not a test; numbers are ratios within one run.
+"""Throughput benchmark: prints a table per model. Not a test; numbers are ratios within one run.
 
-Measures, on this machine, in one run:
+Models: the demo digits CNN (32x32, tiny: HTTP dominates) and MobileNetV2 at 224x224 (a
+typical vision model: inference dominates). For each, in one run on this machine:
   raw       the compiled model call in one process with one TF thread, batch 1 (and 32), no HTTP;
   funfleet  what an app host runs: nginx -> uWSGI over a unix socket (master, lazy-apps,
             2 workers, TF threads 1/worker);
   gunicorn  the same app under gunicorn's documented deployment: 2 sync workers behind nginx;
-  uWSGI     uWSGI alone on its HTTP socket (what `make serve-app` runs);
+  uWSGI     uWSGI alone behind its own keep-alive HTTP router (what `make serve-app` runs);
   flask-dev the old recipe: Flask dev server, model.predict() per request;
 at concurrency 1, 4 and 16 with wrk (loopback, each run bounded to --seconds, HTTP keep-alive
-towards nginx), multipart uploads of a held-out digit. Prints served/raw at each concurrency.
+from the client), multipart uploads of one image. Prints served/raw at each concurrency.
 nginx runs from a generated config in a temporary directory, not the system's.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import io
 import os
 import re
 import shutil
@@ -24,27 +26,71 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "app"
-MODEL_DIR = ROOT / "files" / "models" / "digits" / "1"
-SAMPLE = ROOT / "files" / "samples" / "digits" / "7.png"
+DIGITS_DIR = ROOT / "files" / "models" / "digits" / "1"
+DIGIT_SAMPLE = ROOT / "files" / "samples" / "digits" / "7.png"
 BIN = Path(sys.executable).parent
 BOUNDARY = "funfleetbenchboundary"
+sys.path.insert(0, str(APP))
 
 
-def raw_throughput(seconds: float) -> dict[int, float]:
-    sys.path.insert(0, str(APP))
+@dataclass(frozen=True)
+class Case:
+    """A model to serve and the upload every request sends."""
+
+    name: str
+    model_dir: Path
+    sample: bytes
+    filename: str
+
+
+def digits_case() -> Case:
+    return Case("digits CNN 32x32", DIGITS_DIR, DIGIT_SAMPLE.read_bytes(), "7.png")
+
+
+def mobilenet_case(tmp: Path) -> Case:
+    """MobileNetV2 at 224x224 as a release folder. No model hub is reachable, so the weights are
+    Keras's seeded initialisation: the compute per image, which is all a throughput run
+    measures, is the same as the trained model's. The upload is a 224x224 JPEG."""
+    import keras
+    from PIL import Image
+
+    from inference.release import InputSpec, write_release_metadata
+
+    root = tmp / "mobilenetv2" / "1"
+    root.mkdir(parents=True)
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3), classes=1000)
+    model.save(root / "model.keras")
+    spec = InputSpec(height=224, width=224, scale=1 / 127.5, offset=-1.0)
+    write_release_metadata(
+        root,
+        name="mobilenetv2",
+        version="1",
+        labels=[f"class_{i}" for i in range(1000)],
+        spec=spec,
+        top_k=5,
+        extra={"description": "MobileNetV2 224x224, seeded random weights (benchmark only)"},
+    )
+    buf = io.BytesIO()
+    Image.open(DIGIT_SAMPLE).convert("RGB").resize((224, 224)).save(buf, "JPEG", quality=90)
+    return Case("MobileNetV2 224x224", root, buf.getvalue(), "sample.jpg")
+
+
+def raw_throughput(case: Case, seconds: float) -> dict[int, float]:
     from inference.config import Settings
     from inference.preprocess import decode_image
     from inference.runtime import ModelRuntime
 
-    rt = ModelRuntime(Settings.from_env({"model_dir": str(MODEL_DIR)}))
+    rt = ModelRuntime(Settings.from_env({"model_dir": str(case.model_dir)}))
     rt.load()
-    one = decode_image(SAMPLE.read_bytes(), rt.release.input, 1 << 24)[None]
+    one = decode_image(case.sample, rt.release.input, 1 << 26)[None]
     out = {}
     for batch in (1, 32):
         x = one.repeat(batch, axis=0)
@@ -56,17 +102,17 @@ def raw_throughput(seconds: float) -> dict[int, float]:
     return out
 
 
-def wrk_script(tmp: Path) -> Path:
+def wrk_script(tmp: Path, case: Case) -> Path:
     body = (
         (
-            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="7.png"\r\n'
-            "Content-Type: image/png\r\n\r\n"
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="{case.filename}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
         ).encode()
-        + SAMPLE.read_bytes()
+        + case.sample
         + f"\r\n--{BOUNDARY}--\r\n".encode()
     )
     escaped = "".join(f"\\{b:03d}" for b in body)
-    script = tmp / "post.lua"
+    script = tmp / f"post-{case.model_dir.parent.name}.lua"
     script.write_text(
         'wrk.method = "POST"\n'
         f'wrk.headers["Content-Type"] = "multipart/form-data; boundary={BOUNDARY}"\n'
@@ -142,7 +188,7 @@ class Server:
         self.name, self.backend, self.env, self.cwd, self.location = name, backend, env, cwd, location
         self.procs: list[subprocess.Popen] = []
 
-    def start(self, port: int, tmp: Path) -> None:
+    def start(self, port: int, tmp: Path, case: Case) -> None:
         sock = tmp / f"{port}.sock"
         cmd = [a.format(port=port, sock=sock) for a in self.backend]
         self.procs.append(spawn(cmd, self.env, self.cwd))
@@ -152,7 +198,7 @@ class Server:
                 NGINX_CONF.format(user=getpass.getuser(), tmp=tmp, port=port, location=self.location.format(sock=sock))
             )
             self.procs.append(spawn(["nginx", "-c", str(conf)], self.env, tmp))
-        await_serving(port)
+        await_serving(port, case)
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -165,12 +211,12 @@ def spawn(cmd: list[str], env: dict, cwd: Path) -> subprocess.Popen:
     )
 
 
-def await_serving(port: int) -> None:
+def await_serving(port: int, case: Case) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
             r = requests.post(
-                f"http://127.0.0.1:{port}/predict", files={"image": ("7.png", SAMPLE.read_bytes())}, timeout=5
+                f"http://127.0.0.1:{port}/predict", files={"image": (case.filename, case.sample)}, timeout=30
             )
             if r.status_code == 200:
                 # Give every worker time to finish loading before measuring.
@@ -241,18 +287,28 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=5, help="duration of each load run (bounded)")
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--models", default="digits,mobilenetv2", help="digits, mobilenetv2 or both")
     args = parser.parse_args()
     for tool, pkg in (("wrk", "wrk"), ("nginx", "nginx-light")):
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
-            sys.exit(f"{tool} is missing: apt-get install {pkg} (make setup does)")
+            sys.exit(f"{tool} is missing: apt-get install {pkg} (make bench does)")
     levels = [int(c) for c in args.concurrency.split(",")]
-
-    raw = raw_throughput(3.0)
     tmp = Path(tempfile.mkdtemp(prefix="funfleet-bench-"))
-    script = wrk_script(tmp)
+    try:
+        cases = [digits_case() if m == "digits" else mobilenet_case(tmp) for m in args.models.split(",")]
+        for case in cases:
+            run_case(case, levels, args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def run_case(case: Case, levels: list[int], args: argparse.Namespace, tmp: Path) -> None:
+    raw = raw_throughput(case, 3.0)
+    script = wrk_script(tmp, case)
     env = {
         **os.environ,
-        "FUNFLEET_MODEL_DIR": str(MODEL_DIR),
+        "FUNFLEET_MODEL_DIR": str(case.model_dir),
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "PATH": f"{os.environ.get('PATH', '')}:/usr/sbin",
     }
@@ -261,29 +317,28 @@ def main() -> int:
     for i, server in enumerate(table):
         port = 18500 + i
         try:
-            server.start(port, tmp)
+            server.start(port, tmp, case)
             for c in levels:
                 rows.append((server.name, c, load(f"http://127.0.0.1:{port}/predict", c, args.seconds, script)))
         finally:
             server.stop()
 
     print(
-        f"\nraw compiled call, one process, one TF thread: batch 1 = {raw[1]:.0f} img/s, "
+        f"\n== {case.name} ==\nraw compiled call, one process, one TF thread: batch 1 = {raw[1]:.0f} img/s, "
         f"batch 32 = {raw[32]:.0f} img/s ({os.cpu_count()} cores; servers: {args.workers} workers; "
         "nginx and wrk share the cores)"
     )
     print(f"{'server':24} {'conc':>4} {'img/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'served/raw':>10}")
     for name, c, r in rows:
         print(
-            f"{name:24} {c:>4} {r['rps']:>8.0f} {r['p50']:>8.1f} {r['p99']:>8.1f} {r['errors']:>6} "
+            f"{name:24} {c:>4} {r['rps']:>8.1f} {r['p50']:>8.1f} {r['p99']:>8.1f} {r['errors']:>6} "
             f"{r['rps'] / raw[1]:>10.2f}"
         )
     ours = {c: r["rps"] for n, c, r in rows if n == table[0].name}
     for server in table[1:]:
         theirs = {c: r["rps"] for n, c, r in rows if n == server.name}
         print(f"{table[0].name} / {server.name} at c={levels[-1]}: {ours[levels[-1]] / theirs[levels[-1]]:.2f}x")
-    shutil.rmtree(tmp, ignore_errors=True)
-    return 0
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """The old recipe, for comparison only: Flask's dev server, model loaded at import,
-``model.predict()`` per request. Run: python bench/peer_flask_predict.py PORT"""
+``model.predict()`` per request. Run: python bench/peer_flask_predict.py PORT [RELEASE_DIR]"""
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import sys
 from pathlib import Path
@@ -14,15 +15,18 @@ import numpy as np
 from flask import Flask, jsonify, request
 from PIL import Image
 
-MODEL = Path(__file__).resolve().parents[1] / "files" / "models" / "digits" / "1" / "model.keras"
-model = keras.saving.load_model(MODEL, compile=False)
+RELEASE = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(__file__).resolve().parents[1] / "files/models/digits/1"
+META = json.loads((RELEASE / "metadata.json").read_text())["input"]
+model = keras.saving.load_model(RELEASE / "model.keras", compile=False)
 app = Flask(__name__)
 
 
 @app.post("/predict")
 def predict():
-    img = Image.open(io.BytesIO(request.files["image"].read())).convert("RGB").resize((32, 32))
-    probs = model.predict(np.asarray(img, dtype=np.float32)[None] / 255.0, verbose=0)[0]
+    img = Image.open(io.BytesIO(request.files["image"].read())).convert("RGB")
+    img = img.resize((META["width"], META["height"]))
+    x = np.asarray(img, dtype=np.float32)[None] * META["scale"] + META["offset"]
+    probs = model.predict(x, verbose=0)[0]
     return jsonify(best_prediction=str(int(probs.argmax())))
 
 
