@@ -10,16 +10,10 @@ CACHE     ?= $(HOME)/.cache/funfleet
 PORT      ?= 8000
 SUITE     ?= bookworm
 SCENARIOS ?= default fleet gpu online
-TIMINGS   := .cache/timings
 export PATH := $(abspath $(BIN)):$(PATH)
 export ANSIBLE_CONFIG := $(abspath ansible.cfg)
 
-# Each stage appends "name seconds" to $(TIMINGS); `make test` prints the summary.
-define timed
-	@start=$$(date +%s); $(2); echo "$(1) $$(( $$(date +%s) - start ))" >> $(TIMINGS)
-endef
-
-.PHONY: help setup system-packages lint test test-stages test-app test-unit test-molecule image demo demo-down serve-app bench clean
+.PHONY: help setup system-packages lint test test-app test-unit test-molecule image demo demo-down serve-app bench clean
 
 help:
 	@echo "make demo       set everything up, deploy to a local fleet (lb + 2 app hosts), print real predictions"
@@ -58,27 +52,15 @@ image: setup
 
 test-molecule: image
 	for s in $(SCENARIOS); do \
-	  start=$$(date +%s); \
 	  MOLECULE_IMAGE=$${MOLECULE_IMAGE:-$$(cat .cache/image)} $(BIN)/molecule test -s $$s; \
-	  echo "molecule:$$s $$(( $$(date +%s) - start ))" >> $(TIMINGS); \
 	done
 
-# Everything CI runs; the log is kept and ends with one line of pytest totals over all stages.
+# Everything CI runs (scripts/test-stages). The log is kept in .cache/test.log; whether a stage
+# fails or not, the output ends with the stage timings and one line of pytest totals over all stages.
 test:
 	@mkdir -p .cache
-	@$(MAKE) --no-print-directory test-stages 2>&1 | tee .cache/test.log
-	@scripts/test-totals .cache/test.log
-
-test-stages:
-	@: > $(TIMINGS) && rm -f .cache/fleet-report.txt
-	$(call timed,setup,$(MAKE) --no-print-directory setup)
-	$(call timed,lint,$(MAKE) --no-print-directory lint)
-	$(call timed,test-app,$(MAKE) --no-print-directory test-app)
-	$(call timed,test-unit,$(MAKE) --no-print-directory test-unit)
-	$(call timed,image,$(MAKE) --no-print-directory image)
-	$(MAKE) --no-print-directory test-molecule
-	@if [ -f .cache/fleet-report.txt ]; then echo "== fleet under load =="; cat .cache/fleet-report.txt; fi
-	@echo "== stage timings (s) =="; column -t $(TIMINGS); awk '{s+=$$2} END {print "total " s " s"}' $(TIMINGS)
+	@rc=0; SCENARIOS="$(SCENARIOS)" scripts/test-stages 2>&1 | tee .cache/test.log || rc=$$?; \
+	  scripts/test-totals .cache/test.log || rc=1; exit $$rc
 
 demo: image
 	MOLECULE_IMAGE=$${MOLECULE_IMAGE:-$$(cat .cache/image)} scripts/demo

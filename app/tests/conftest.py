@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import shutil
@@ -11,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import requests
@@ -20,6 +22,7 @@ APP_DIR = Path(__file__).resolve().parents[1]
 ROOT = APP_DIR.parent
 MODEL_DIR = ROOT / "files" / "models" / "digits" / "1"
 SAMPLES = ROOT / "files" / "samples" / "digits"
+SAMPLES_INVERTED = ROOT / "files" / "samples" / "digits-inverted"
 
 sys.path.insert(0, str(APP_DIR))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -40,6 +43,20 @@ def client(app):
 @pytest.fixture(scope="session")
 def samples() -> dict[str, bytes]:
     return {p.stem: p.read_bytes() for p in sorted(SAMPLES.glob("*.png"))}
+
+
+@pytest.fixture(scope="session")
+def inverted_samples() -> dict[str, bytes]:
+    """The same held-out digits, light ink on a dark background (as MNIST-style images are)."""
+    return {p.stem: p.read_bytes() for p in sorted(SAMPLES_INVERTED.glob("*.png"))}
+
+
+def load_training_script() -> ModuleType:
+    """scripts/train_digits.py as a module (its split and rendering are what the samples come from)."""
+    spec = importlib.util.spec_from_file_location("train_digits", ROOT / "scripts" / "train_digits.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:

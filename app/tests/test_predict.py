@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import encode
+from conftest import MODEL_DIR, encode, load_training_script
 
 
 @pytest.mark.parametrize("label", [str(i) for i in range(10)])
@@ -24,6 +25,28 @@ def test_multipart_upload_gives_the_right_label(client, samples, label):
     assert body["model"] == {"name": "digits", "version": "1"}
     probabilities = [p["probability"] for p in body["predictions"]]
     assert probabilities == sorted(probabilities, reverse=True)
+
+
+@pytest.mark.parametrize("label", [str(i) for i in range(10)])
+def test_light_on_dark_digits_give_the_right_label(client, inverted_samples, label):
+    response = client.post("/predict", data={"image": (io.BytesIO(inverted_samples[label]), f"{label}.png")})
+    assert response.status_code == 200
+    assert response.get_json()["best_prediction"] == label
+
+
+def test_committed_model_on_the_whole_heldout_set_in_both_polarities(client):
+    """Measured here, through /predict, not read from the metadata: the band holds on this CPU too."""
+    train = load_training_script()
+    y, _, idx_test, encoded = train.split(json.loads((MODEL_DIR / "metadata.json").read_text())["seed"])
+    for polarity in train.POLARITIES:
+        right = sum(
+            client.post("/predict", data={"image": (io.BytesIO(encoded[polarity][i]), "d.png")}).get_json()[
+                "best_prediction"
+            ]
+            == str(y[i])
+            for i in idx_test
+        )
+        assert right / len(idx_test) >= 0.97, (polarity, right, len(idx_test))
 
 
 def test_top_k_query(client, samples):

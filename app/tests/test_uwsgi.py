@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
@@ -17,10 +16,8 @@ def test_concurrent_requests_through_two_lazy_workers(uwsgi_server, samples):
         pid = requests.get(f"{uwsgi_server}/metadata", timeout=20).json()["service"]["pid"]
         return r.status_code, r.json()["best_prediction"] == label, pid
 
-    started = time.monotonic()
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(one, range(80)))
-    assert time.monotonic() - started < 60
     assert [status for status, _, _ in results] == [200] * 80
     assert all(ok for _, ok, _ in results)
     assert len({pid for _, _, pid in results}) == 2
