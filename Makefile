@@ -13,7 +13,7 @@ SCENARIOS ?= default fleet gpu online
 export PATH := $(abspath $(BIN)):$(PATH)
 export ANSIBLE_CONFIG := $(abspath ansible.cfg)
 
-.PHONY: help setup system-packages lint test test-app test-unit test-molecule image demo demo-down serve-app bench clean
+.PHONY: help setup system-packages lint test release deploy rollback test-app test-unit test-molecule image demo demo-down serve-app bench clean
 
 help:
 	@echo "make demo       set everything up, deploy to a local fleet (lb + 2 app hosts), print real predictions"
@@ -21,11 +21,15 @@ help:
 	@echo "make test-app   the inference service's tests only"
 	@echo "make serve-app PORT=8000   the app under a real uWSGI on 127.0.0.1:PORT"
 	@echo "make bench      throughput benchmark (prints a table)"
+	@echo "make release FROM=files/models/digits/1 VERSION=2   cut a new release version (.cache/releases/)"
+	@echo "make deploy MODEL=.cache/releases/digits/2          rolling deploy to the local fleet"
+	@echo "make rollback                                       roll the local fleet back"
 
-$(VENV)/.installed: requirements.txt app/requirements.txt app/requirements-dev.txt
+$(VENV)/.installed: requirements.txt app/requirements.txt app/requirements-dev.txt app/pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt -r app/requirements.txt -r app/requirements-dev.txt
+	$(BIN)/pip install --quiet --no-deps -e ./app
 	touch $@
 
 system-packages:
@@ -68,10 +72,21 @@ demo: image
 demo-down: setup
 	$(BIN)/molecule destroy -s demo
 
+# Roll releases over the local fleet (inventory/local, the hosts `make demo` starts).
+release: setup
+	$(PY) scripts/cut-release $(FROM) $(VERSION)
+
+deploy: setup
+	$(BIN)/ansible-playbook playbooks/deploy.yml -e app_release_model_src=$(abspath $(MODEL))
+
+rollback: setup
+	$(BIN)/ansible-playbook playbooks/rollback.yml
+
+# The app alone under the uWSGI options every host runs (roles/uwsgi/files/base.ini), with
+# uWSGI's keep-alive HTTP router in front of the workers instead of nginx.
 serve-app: setup
-	cd app && PROMETHEUS_MULTIPROC_DIR=$$(mktemp -d) exec ../$(BIN)/uwsgi --master --lazy-apps \
-	  --processes $$(nproc) --need-app --strict --die-on-term --single-interpreter \
-	  --http 127.0.0.1:$(PORT) --http-keepalive --module wsgi:app --harakiri 30 --buffer-size 16384
+	cd app && PROMETHEUS_MULTIPROC_DIR=$$(mktemp -d) exec ../$(BIN)/uwsgi --ini ../roles/uwsgi/files/base.ini \
+	  --processes $$(nproc) --http 127.0.0.1:$(PORT) --http-keepalive --module wsgi:app
 
 bench: setup
 	@scripts/ensure-system-packages nginx-light

@@ -37,7 +37,7 @@ DIGITS_DIR = ROOT / "files" / "models" / "digits" / "1"
 DIGIT_SAMPLE = ROOT / "files" / "samples" / "digits" / "7.png"
 BIN = Path(sys.executable).parent
 BOUNDARY = "funfleetbenchboundary"
-sys.path.insert(0, str(APP))
+BASE_INI = ROOT / "roles" / "uwsgi" / "files" / "base.ini"
 
 
 @dataclass(frozen=True)
@@ -166,19 +166,45 @@ http {{
     uwsgi_temp_path {tmp}/uwsgi;
     fastcgi_temp_path {tmp}/fastcgi;
     scgi_temp_path {tmp}/scgi;
-    client_max_body_size 8m;
+{server}
+}}
+"""
+# gunicorn's documented deployment: sync workers behind a buffering nginx proxy.
+PROXY_SERVER = """\
+    client_max_body_size 10m;
     server {{
         listen 127.0.0.1:{port};
         location / {{
-{location}
+            proxy_pass http://unix:{sock};
+            proxy_set_header Host $host;
         }}
-    }}
-}}
-"""
-# What the nginx role writes for an app host: uwsgi_pass to the unix socket.
-UWSGI_LOCATION = "            include /etc/nginx/uwsgi_params;\n            uwsgi_pass unix:{sock};"
-# gunicorn's documented deployment: sync workers behind a buffering nginx proxy.
-PROXY_LOCATION = "            proxy_pass http://unix:{sock};\n            proxy_set_header Host $host;"
+    }}"""
+# What an app host runs: the nginx role's own site and snippets, rendered from its templates.
+ROLE_SITE = "ROLE_SITE"
+
+
+def render_role_site(tmp: Path, port: int, sock: Path) -> str:
+    """The nginx role's app-host site for this port and socket, as an `include` line."""
+    out = tmp / f"site-{port}"
+    out.mkdir()
+    shutil.copy("/etc/nginx/uwsgi_params", tmp / "uwsgi_params")  # the site includes it relatively
+    subprocess.run(
+        [
+            str(BIN / "ansible-playbook"),
+            str(ROOT / "bench" / "render-nginx.yml"),
+            "-e",
+            f"out={out}",
+            "-e",
+            f"port={port}",
+            "-e",
+            f"sock={sock}",
+        ],
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    return f"    include {out}/funfleet-site.conf;"
 
 
 class Server:
@@ -194,8 +220,9 @@ class Server:
         self.procs.append(spawn(cmd, self.env, self.cwd))
         if self.location is not None:
             conf = tmp / f"nginx-{port}.conf"
+            server = render_role_site(tmp, port, sock) if self.location == ROLE_SITE else self.location
             conf.write_text(
-                NGINX_CONF.format(user=getpass.getuser(), tmp=tmp, port=port, location=self.location.format(sock=sock))
+                NGINX_CONF.format(user=getpass.getuser(), tmp=tmp, server=server.format(port=port, sock=sock))
             )
             self.procs.append(spawn(["nginx", "-c", str(conf)], self.env, tmp))
         await_serving(port, case)
@@ -236,40 +263,27 @@ def stop(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def uwsgi_command(workers: int) -> list[str]:
+    """What every app host runs (the uwsgi role's base.ini) plus the local lines; the caller adds
+    where it listens."""
+    return [str(BIN / "uwsgi"), "--ini", str(BASE_INI), "--processes", str(workers), "--module", "wsgi:app"]
+
+
 def servers(workers: int, env: dict, tmp: Path) -> list[Server]:
     w = str(workers)
-    # The uWSGI options the uwsgi role's ini sets that matter for throughput.
-    uwsgi = [
-        str(BIN / "uwsgi"),
-        "--master",
-        "--lazy-apps",
-        "--processes",
-        w,
-        "--need-app",
-        "--die-on-term",
-        "--single-interpreter",
-        "--enable-threads",
-        "--thunder-lock",
-        "--disable-logging",
-        "--listen",
-        "128",
-        "--buffer-size",
-        "16384",
-        "--module",
-        "wsgi:app",
-    ]
+    uwsgi = uwsgi_command(workers)
 
     def app_env() -> dict:
         return {**env, "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(dir=tmp)}
 
     return [
-        Server("funfleet nginx>uWSGI", [*uwsgi, "--socket", "{sock}"], app_env(), APP, UWSGI_LOCATION),
+        Server("funfleet nginx>uWSGI", [*uwsgi, "--socket", "{sock}"], app_env(), APP, ROLE_SITE),
         Server(
             "gunicorn nginx>gunicorn",
             [str(BIN / "gunicorn"), "-w", w, "-b", "unix:{sock}", "wsgi:app"],
             app_env(),
             APP,
-            PROXY_LOCATION,
+            PROXY_SERVER,
         ),
         # What `make serve-app` runs: uWSGI's own HTTP router (keep-alive) in front of the workers.
         Server("uWSGI alone (http)", [*uwsgi, "--http", "127.0.0.1:{port}", "--http-keepalive"], app_env(), APP),

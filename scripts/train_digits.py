@@ -21,20 +21,19 @@ import hashlib
 import io
 import json
 import os
-import sys
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
+from PIL import Image
+
+from inference.preprocess import decode_image
+from inference.release import MODEL_FILE, InputSpec, write_release_metadata
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "app"))
+# Before TensorFlow is imported (in main).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from inference.preprocess import decode_image  # noqa: E402
-from inference.release import MODEL_FILE, InputSpec, write_release_metadata  # noqa: E402
 
 SPEC = InputSpec(height=32, width=32, color_mode="rgb", scale=1 / 255, offset=0.0)
 SAMPLE_SIZE = 64

@@ -5,17 +5,13 @@ without such hosts: the roles' resolve tasks run against forced distribution and
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
 
-ROOT = Path(__file__).resolve().parents[1]
-HOSTS = ["debian12-cpu", "debian12-gpu", "ubuntu22-cpu", "ubuntu22-gpu", "ubuntu24-cpu", "ubuntu24-gpu"]
+from conftest import HOSTS, ROOT
+
 COMMON = {"flask": "3.1.3", "werkzeug": "3.1.9", "prometheus-client": "0.26.0", "pyuwsgi": "2.0.30.post1"}
 MODERN = {"keras": "3.15.1", "numpy": "2.4.6", "pillow": "13.0.0"}
 PY310 = {"keras": "3.12.4", "numpy": "2.2.6", "pillow": "12.3.0"}
@@ -37,30 +33,6 @@ DRIVER = {
     "ubuntu24": (["restricted"], ["nvidia-driver-550-server", "nvidia-utils-550-server"]),
 }
 GPUS = {"debian12-gpu": 1, "ubuntu22-gpu": 4, "ubuntu24-gpu": 8}
-
-
-@pytest.fixture(scope="module")
-def plans(tmp_path_factory):
-    out = tmp_path_factory.mktemp("plans")
-    env = {
-        **os.environ,
-        "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
-        "ANSIBLE_LIBRARY": str(ROOT / "tests" / "resolve" / "library"),
-        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-        "ANSIBLE_GATHERING": "explicit",
-        "ANSIBLE_FACT_CACHING": "memory",
-    }
-    playbook = Path(sys.executable).with_name("ansible-playbook")
-    result = subprocess.run(
-        [str(playbook), "-i", "tests/resolve/inventory.yml", "tests/resolve/resolve.yml", "-e", f"out={out}"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    return {host: json.loads((out / f"{host}.json").read_text()) for host in HOSTS}
 
 
 def wheel_set(requirements: Path, python_version: str) -> dict[str, str]:

@@ -28,7 +28,12 @@ def test_role_layout_and_prefixes(role):
     defaults = yaml.safe_load((role / "defaults" / "main.yml").read_text())
     specs = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
     assert all(name.startswith(role.name + "_") for name in defaults), role.name
-    assert set(defaults) == set(specs)
+    assert all(name.startswith(role.name + "_") for name in specs), role.name
+    # Every default is specified; an option with no default is one the play must pass (the
+    # fleet settings wire those, playbooks/vars/fleet.yml).
+    assert set(defaults) <= set(specs)
+    for name in set(specs) - set(defaults):
+        assert specs[name].get("required") is True, f"{role.name}: {name} has no default and is not required"
     for vars_file in (role / "vars").glob("*.yml"):
         names = yaml.safe_load(vars_file.read_text()) or {}
         assert all(name.startswith(role.name + "_") for name in names), vars_file

@@ -14,11 +14,15 @@ from .errors import register_error_handlers
 from .runtime import ModelRuntime
 
 __version__ = "0.1.0"
+log = logging.getLogger(__name__)
 
 
 def create_app(config: Mapping | None = None) -> Flask:
     """Build the app. With ``model_load="sync"`` (the default) the model is loaded and warmed
-    before this returns, so call it only after uWSGI has forked (``lazy-apps``)."""
+    before this returns, so call it only after uWSGI has forked (``lazy-apps``): a worker starts
+    accepting only once its model is warm. A model that cannot be loaded does not kill the
+    worker (that would crash-loop the service): the app still comes up, answers 503, and
+    /readyz reports "failed" with the reason, which the deploy's readiness check stops on."""
     settings = Settings.from_env(config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = Flask(__name__)
@@ -35,7 +39,10 @@ def create_app(config: Mapping | None = None) -> Flask:
     register_blueprints(app)
 
     if settings.model_load == "sync":
-        runtime.load()
+        try:
+            runtime.load()
+        except Exception:
+            log.exception("the model could not be loaded; /readyz reports why")
     elif settings.model_load == "background":
         thread = runtime.load_in_background()
         app.extensions["funfleet.loader"] = thread

@@ -8,7 +8,19 @@ import logging
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
+from .preprocess import InputError
+
 log = logging.getLogger(__name__)
+
+# The HTTP status of each kind of bad input (preprocess.InputError.code); any other is 422.
+INPUT_STATUS = {
+    "empty_image": 415,
+    "unsupported_media": 415,
+    "corrupt_image": 415,
+    "image_too_large": 413,
+    "invalid_request": 400,
+    "invalid_base64": 400,
+}
 
 
 class ApiError(Exception):
@@ -29,6 +41,10 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
         return error_response(exc.status, exc.code, exc.message)
+
+    @app.errorhandler(InputError)
+    def _input_error(exc: InputError):
+        return error_response(INPUT_STATUS.get(exc.code, 422), exc.code, exc.message)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

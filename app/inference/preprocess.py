@@ -11,8 +11,18 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ApiError
 from .release import InputSpec
+
+
+class InputError(ValueError):
+    """Client input the model cannot take. ``code`` names the problem for clients; the HTTP
+    status each code answers with is the API's business (errors.py), not this module's."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
 
 # Modes holding more than 8 bits per channel; Pillow's convert() clips them, so they are
 # rescaled by hand.
@@ -22,30 +32,29 @@ _WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 def decode_image(data: bytes, spec: InputSpec, max_pixels: int) -> np.ndarray:
     """Decode one encoded image into an array of ``spec.shape``, scaled as the model expects."""
     if not data:
-        raise ApiError(415, "empty_image", "the uploaded image is empty")
+        raise InputError("empty_image", "the uploaded image is empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             width, height = img.size
             if width * height > max_pixels:
-                raise ApiError(
-                    413, "image_too_large", f"image is {width}x{height}; at most {max_pixels} pixels are accepted"
-                )
+                message = f"image is {width}x{height}; at most {max_pixels} pixels are accepted"
+                raise InputError("image_too_large", message)
             # JPEG can decode at 1/2..1/8 scale for free: never decode more than twice the target.
             img.draft("RGB", (spec.width * 2, spec.height * 2))
             img.load()
             img = ImageOps.exif_transpose(img)
             img = _to_color_mode(img, spec)
             img = img.resize((spec.width, spec.height), Image.Resampling.BILINEAR, reducing_gap=3.0)
-    except ApiError:
+    except InputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ApiError(413, "image_too_large", str(exc)) from exc
+        raise InputError("image_too_large", str(exc)) from exc
     except UnidentifiedImageError as exc:
-        raise ApiError(415, "unsupported_media", "the upload is not an image Pillow can read") from exc
+        raise InputError("unsupported_media", "the upload is not an image Pillow can read") from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError) as exc:
-        raise ApiError(415, "corrupt_image", f"the image could not be decoded: {exc}") from exc
+        raise InputError("corrupt_image", f"the image could not be decoded: {exc}") from exc
     arr = np.asarray(img, dtype=np.float32)
     if arr.ndim == 2:
         arr = arr[:, :, None]
@@ -74,27 +83,27 @@ def _to_color_mode(img: Image.Image, spec: InputSpec) -> Image.Image:
 
 def decode_b64_image(value: object, spec: InputSpec, max_pixels: int) -> np.ndarray:
     if not isinstance(value, str):
-        raise ApiError(422, "invalid_instance", '"b64" must hold a base64 string')
+        raise InputError("invalid_instance", '"b64" must hold a base64 string')
     try:
         raw = base64.b64decode(value, validate=False)
     except (binascii.Error, ValueError) as exc:
-        raise ApiError(400, "invalid_base64", f"invalid base64: {exc}") from exc
+        raise InputError("invalid_base64", f"invalid base64: {exc}") from exc
     return decode_image(raw, spec, max_pixels)
 
 
 def tensor_batch(instances: object, spec: InputSpec, max_pixels: int, max_batch: int) -> np.ndarray:
     """Build a batch from TF Serving ``instances``: nested lists, ``{"b64": ...}`` or ``{input: ...}``."""
     if not isinstance(instances, list) or not instances:
-        raise ApiError(400, "invalid_request", '"instances" must be a non-empty list')
+        raise InputError("invalid_request", '"instances" must be a non-empty list')
     if len(instances) > max_batch:
-        raise ApiError(422, "batch_too_large", f"at most {max_batch} instances per request, got {len(instances)}")
+        raise InputError("batch_too_large", f"at most {max_batch} instances per request, got {len(instances)}")
     rows = []
     for i, item in enumerate(instances):
         # The model has one input, so {"<input name>": value} is the same as value.
         value = next(iter(item.values())) if isinstance(item, dict) and len(item) == 1 and "b64" not in item else item
         if isinstance(value, dict):
             if set(value) != {"b64"}:
-                raise ApiError(422, "invalid_instance", f'instance {i}: expected a nested list or {{"b64": "..."}}')
+                raise InputError("invalid_instance", f'instance {i}: expected a nested list or {{"b64": "..."}}')
             rows.append(decode_b64_image(value["b64"], spec, max_pixels))
         else:
             rows.append(_numeric(value, spec, f"instance {i}"))
@@ -105,7 +114,7 @@ def columnar_batch(inputs: object, spec: InputSpec, max_pixels: int, max_batch: 
     """TF Serving's columnar ``inputs``: a tensor, or ``{input: tensor}``."""
     if isinstance(inputs, dict):
         if len(inputs) != 1:
-            raise ApiError(422, "invalid_inputs", "the model has a single input")
+            raise InputError("invalid_inputs", "the model has a single input")
         inputs = next(iter(inputs.values()))
     if isinstance(inputs, dict) and set(inputs) == {"b64"}:
         return decode_b64_image(inputs["b64"], spec, max_pixels)[None]
@@ -116,29 +125,29 @@ def columnar_batch(inputs: object, spec: InputSpec, max_pixels: int, max_batch: 
         arr = arr[None]
     if arr.ndim != 4 or arr.shape[1:] != spec.shape:
         expected = ", ".join(map(str, spec.shape))
-        raise ApiError(422, "invalid_shape", f"inputs: expected shape [N, {expected}], got {list(arr.shape)}")
+        raise InputError("invalid_shape", f"inputs: expected shape [N, {expected}], got {list(arr.shape)}")
     if arr.shape[0] > max_batch:
-        raise ApiError(422, "batch_too_large", f"at most {max_batch} instances per request, got {arr.shape[0]}")
+        raise InputError("batch_too_large", f"at most {max_batch} instances per request, got {arr.shape[0]}")
     return arr
 
 
 def _numeric(item: object, spec: InputSpec, where: str) -> np.ndarray:
     arr = _as_float_array(item, where)
     if arr.shape != spec.shape:
-        raise ApiError(422, "invalid_shape", f"{where}: expected shape {list(spec.shape)}, got {list(arr.shape)}")
+        raise InputError("invalid_shape", f"{where}: expected shape {list(spec.shape)}, got {list(arr.shape)}")
     return arr
 
 
 def _as_float_array(value: object, where: str) -> np.ndarray:
     if isinstance(value, (str, bytes, bool)) or value is None:
-        raise ApiError(422, "invalid_dtype", f"{where}: expected numbers, got {type(value).__name__}")
+        raise InputError("invalid_dtype", f"{where}: expected numbers, got {type(value).__name__}")
     try:
         raw = np.asarray(value)
     except (ValueError, TypeError) as exc:
-        raise ApiError(422, "invalid_shape", f"{where}: ragged or malformed tensor") from exc
+        raise InputError("invalid_shape", f"{where}: ragged or malformed tensor") from exc
     if raw.dtype.kind not in "iuf":
-        raise ApiError(422, "invalid_dtype", f"{where}: expected numbers, got {raw.dtype.kind!r} values")
+        raise InputError("invalid_dtype", f"{where}: expected numbers, got {raw.dtype.kind!r} values")
     arr = raw.astype(np.float32)
     if not np.isfinite(arr).all():
-        raise ApiError(422, "invalid_value", f"{where}: NaN or infinite values")
+        raise InputError("invalid_value", f"{where}: NaN or infinite values")
     return arr

@@ -24,7 +24,6 @@ MODEL_DIR = ROOT / "files" / "models" / "digits" / "1"
 SAMPLES = ROOT / "files" / "samples" / "digits"
 SAMPLES_INVERTED = ROOT / "files" / "samples" / "digits-inverted"
 
-sys.path.insert(0, str(APP_DIR))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -101,6 +100,28 @@ def wait_ready(base: str, proc: subprocess.Popen, seconds: float = 90) -> None:
     raise TimeoutError(f"{base} not ready after {seconds}s")
 
 
+BASE_INI = ROOT / "roles" / "uwsgi" / "files" / "base.ini"
+
+
+def uwsgi_command(address: str, log: Path) -> list[str]:
+    """The options every app host runs (the uwsgi role's base.ini) and this test's own lines."""
+    return [
+        uwsgi_binary(),
+        "--ini",
+        str(BASE_INI),
+        "--processes",
+        "2",
+        "--http-socket",
+        address,
+        "--chdir",
+        str(APP_DIR),
+        "--module",
+        "wsgi:app",
+        "--logto",
+        str(log),
+    ]
+
+
 @pytest.fixture(scope="session")
 def uwsgi_server(tmp_path_factory) -> Iterator[str]:
     """A real uWSGI: master, lazy-apps, 2 processes, HTTP on 127.0.0.1, multiprocess metrics."""
@@ -112,29 +133,7 @@ def uwsgi_server(tmp_path_factory) -> Iterator[str]:
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         "FUNFLEET_MODEL_DIR": str(MODEL_DIR),
     }
-    cmd = [
-        uwsgi_binary(),
-        "--master",
-        "--lazy-apps",
-        "--processes",
-        "2",
-        "--need-app",
-        "--strict",
-        "--die-on-term",
-        "--single-interpreter",
-        "--http-socket",
-        f"127.0.0.1:{port}",
-        "--chdir",
-        str(APP_DIR),
-        "--module",
-        "wsgi:app",
-        "--harakiri",
-        "30",
-        "--buffer-size",
-        "16384",
-        "--logto",
-        str(log),
-    ]
+    cmd = uwsgi_command(f"127.0.0.1:{port}", log)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:

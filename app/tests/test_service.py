@@ -64,20 +64,41 @@ def test_background_load_becomes_ready():
 
 def test_tampered_model_is_refused(tmp_path):
     from inference import create_app
-    from inference.release import ReleaseError
+    from inference.release import ReleaseError, read_release
 
     release = tmp_path / "1"
     shutil.copytree(MODEL_DIR, release)
     with (release / "model.keras").open("ab") as fh:
         fh.write(b"tampered")
     with pytest.raises(ReleaseError, match="sha256 mismatch"):
-        create_app({"model_dir": str(release)})
-    app = create_app({"model_dir": str(release), "model_load": "background"})
-    app.extensions["funfleet.loader"].join(timeout=60)
-    response = app.test_client().get("/readyz")
-    assert response.status_code == 503
-    assert response.get_json()["status"] == "failed"
-    assert "sha256 mismatch" in response.get_json()["error"]
+        read_release(release)
+    # The worker stays up (no crash loop) and says why it is not ready, whichever way it loads.
+    for mode in ("sync", "background"):
+        app = create_app({"model_dir": str(release), "model_load": mode})
+        if mode == "background":
+            app.extensions["funfleet.loader"].join(timeout=60)
+        client = app.test_client()
+        response = client.get("/readyz")
+        assert response.status_code == 503
+        assert response.get_json()["status"] == "failed"
+        assert "sha256 mismatch" in response.get_json()["error"]
+        assert client.post("/predict", data=b"x", content_type="image/png").status_code == 503
+
+
+def test_model_that_cannot_be_loaded_keeps_the_worker_up(tmp_path):
+    """Right sha256, broken archive: the worker reports the load error instead of exiting."""
+    from inference import create_app
+    from inference.release import file_sha256
+
+    release = tmp_path / "1"
+    shutil.copytree(MODEL_DIR, release)
+    (release / "model.keras").write_bytes(b"not a Keras archive")
+    meta = json.loads((release / "metadata.json").read_text())
+    meta["sha256"] = file_sha256(release / "model.keras")
+    (release / "metadata.json").write_text(json.dumps(meta))
+    body = create_app({"model_dir": str(release)}).test_client().get("/readyz").get_json()
+    assert body["status"] == "failed"
+    assert body["error"]
 
 
 def test_metadata(client):

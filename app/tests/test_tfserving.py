@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import base64
 import io
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import MODEL_DIR
 from inference.preprocess import decode_image
 from inference.release import read_release

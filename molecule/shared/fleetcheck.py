@@ -49,9 +49,9 @@ def counter(text: str, name: str, **labels: str) -> float:
 class Load:
     """Constant prediction load through the balancer while a block runs, bounded in requests and
     seconds. Every response that is not a 200 with the right label, and every connection error,
-    is a failure. Each request opens its own connection: a balancer's nginx reload closes idle
-    client keep-alive connections, and a client that reuses one must then retry (RFC 9112
-    9.3.1), which python-requests does not; that race is the client's, not a dropped request.
+    is a failure. `keepalive` of the threads reuse one connection each, as real clients do (a
+    connection the server closes under them is a failure: python-requests does not retry a POST);
+    the others open a connection per request.
 
         with Load() as load:
             ...  # deploy, kill, etc.
@@ -60,18 +60,21 @@ class Load:
 
     def __init__(
         self,
+        *,
         base: str = BASE,
         threads: int = 4,
+        keepalive: int = 2,
         max_requests: int = 50_000,
         max_seconds: float = 600,
         label: str = "7",
     ) -> None:
-        self.base, self.threads, self.label = base, threads, label
+        self.base, self.threads, self.keepalive, self.label = base, threads, keepalive, label
         self.max_requests, self.max_seconds = max_requests, max_seconds
         self.ok = 0
         self.failures: list[str] = []
         self.served_by: Counter[str] = Counter()
         self.versions: Counter[str] = Counter()
+        self.latencies: list[float] = []
         self.seconds = 0.0
         self._sent = 0
         self._lock = threading.Lock()
@@ -85,24 +88,25 @@ class Load:
             self._sent += 1
             return True
 
-    def _run(self, deadline: float) -> None:
+    def _run(self, deadline: float, reuse: bool) -> None:
         body = sample(self.label)
+        headers = {} if reuse else {"Connection": "close"}
         with requests.Session() as session:
             while time.monotonic() < deadline and self._take():
+                started = time.monotonic()
                 try:
                     r = session.post(
-                        f"{self.base}/predict",
-                        files={"image": ("x.png", body)},
-                        headers={"Connection": "close"},
-                        timeout=60,
+                        f"{self.base}/predict", files={"image": ("x.png", body)}, headers=headers, timeout=60
                     )
                     good = r.status_code == 200 and r.json().get("best_prediction") == self.label
                     outcome = None if good else f"{r.status_code} {r.text[:120]}"
                 except (requests.RequestException, ValueError) as exc:
-                    r, outcome = None, f"{type(exc).__name__}: {exc}"
+                    r, outcome = None, f"{'keep-alive' if reuse else 'new connection'}: {type(exc).__name__}: {exc}"
+                took = time.monotonic() - started
                 with self._lock:
                     if outcome is None:
                         self.ok += 1
+                        self.latencies.append(took)
                         self.served_by[r.headers.get("X-Served-By", "?")] += 1
                         self.versions[r.json()["model"]["version"]] += 1
                     else:
@@ -111,7 +115,10 @@ class Load:
     def __enter__(self) -> Load:
         self._started = time.monotonic()
         deadline = self._started + self.max_seconds
-        self._workers = [threading.Thread(target=self._run, args=(deadline,), daemon=True) for _ in range(self.threads)]
+        self._workers = [
+            threading.Thread(target=self._run, args=(deadline, i < self.keepalive), daemon=True)
+            for i in range(self.threads)
+        ]
         for worker in self._workers:
             worker.start()
         return self
@@ -122,8 +129,15 @@ class Load:
             worker.join(timeout=90)
         self.seconds = time.monotonic() - self._started
 
+    def percentile(self, q: float) -> float:
+        """Latency of successful requests in ms at quantile q (0..1); 0 when none succeeded."""
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
+
     def summary(self) -> str:
         return (
-            f"{self.ok} ok, {len(self.failures)} failed in {self.seconds:.1f}s; "
+            f"{self.ok} ok, {len(self.failures)} failed in {self.seconds:.1f}s "
+            f"({self.keepalive} of {self.threads} clients keep-alive); "
+            f"p50 {self.percentile(0.5):.1f} ms, p99 {self.percentile(0.99):.1f} ms, max {self.percentile(1.0):.1f} ms; "
             f"served by {dict(self.served_by)}; versions {dict(self.versions)}"
         )

@@ -10,7 +10,8 @@ import time
 
 import pytest
 import requests
-from fleetcheck import BASE, counter, predict, wait_ready
+
+from fleetcheck import BASE, ROOT, counter, predict, wait_ready
 
 SERVICE = "funfleet"
 
@@ -93,6 +94,34 @@ def test_ufw_really_drops_what_it_does_not_allow(host):
         assert probe_blocked(port)
     finally:
         host.run("systemctl stop probe-listener")
+
+
+def test_uwsgi_runs_the_shared_base_ini(host):
+    """The host runs the same base.ini as the app's tests, serve-app and the benchmark."""
+    base = host.file("/etc/funfleet/base.ini")
+    assert base.content_string == (ROOT / "roles" / "uwsgi" / "files" / "base.ini").read_text()
+    assert (base.user, base.group, base.mode) == ("root", SERVICE, 0o640)
+    ini = host.file("/etc/funfleet/uwsgi.ini").content_string.splitlines()
+    lines = [line for line in ini if "=" in line and not line.startswith(("#", ";"))]
+    assert lines[0] == "ini = /etc/funfleet/base.ini"
+
+
+def test_drain_file_takes_the_host_out_of_rotation(host):
+    """What a deploy does to a host behind balancers: new requests get a JSON 403 "draining"
+    (balancers retry those elsewhere), liveness still answers, and removing the file ends it."""
+    host.run("mkdir -p /var/lib/funfleet && touch /var/lib/funfleet/drained")
+    try:
+        drained = predict("4")
+        assert drained.status_code == 403
+        assert drained.headers["Content-Type"] == "application/json"
+        assert drained.json() == {"error": "this host is out of rotation", "code": "draining", "status": 403}
+        assert requests.get(f"{BASE}/readyz", timeout=5).status_code == 403
+        assert requests.get(f"{BASE}/healthz", timeout=5).status_code == 200
+    finally:
+        host.run("rm -f /var/lib/funfleet/drained")
+    back = predict("4")
+    assert back.status_code == 200
+    assert back.json()["best_prediction"] == "4"
 
 
 def test_nginx_config(host):

@@ -7,6 +7,7 @@ rollback to v1 -> failures), as an operator's day would.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from fleetcheck import ROOT, Load, predict, wait_ready
 
 testinfra_hosts = ["funfleet-fleet-lb"]  # every test runs once; hosts are reached with docker exec
@@ -94,7 +96,15 @@ def ready():
 @pytest.fixture(scope="module")
 def releases(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("releases")
-    return {"v2": model_release(tmp, "2"), "broken": model_release(tmp, "3", sha256="0" * 64)}
+    unloadable = model_release(tmp, "4")
+    (unloadable / "model.keras").write_bytes(b"not a Keras archive\n")
+    meta = json.loads((unloadable / "metadata.json").read_text())
+    meta["sha256"] = hashlib.sha256(b"not a Keras archive\n").hexdigest()
+    (unloadable / "metadata.json").write_text(json.dumps(meta, indent=2))
+    v2 = tmp / "digits-2"  # what `make release FROM=files/models/digits/1 VERSION=2` writes
+    cut = [sys.executable, str(ROOT / "scripts" / "cut-release"), str(MODEL_V1), "2", "--out", str(v2)]
+    subprocess.run(cut, check=True, capture_output=True, timeout=60)
+    return {"v2": v2, "broken": model_release(tmp, "3", sha256="0" * 64), "unloadable": unloadable}
 
 
 def test_balancer_spreads_requests_over_both_app_hosts():
@@ -109,14 +119,21 @@ def test_balancer_spreads_requests_over_both_app_hosts():
 
 
 def test_balancer_config_names_every_app_host_with_failover():
-    upstream = sh(LB, "cat", "/etc/nginx/funfleet-lb/upstream.conf").stdout
+    site = sh(LB, "cat", "/etc/nginx/sites-enabled/funfleet.conf").stdout
     for app in APPS:
         address = sh(app, "hostname", "-I").stdout.split()[0]
-        assert f"server {address}:80 max_fails=1 fail_timeout=10s;  # {app}" in upstream
-    site = sh(LB, "cat", "/etc/nginx/sites-enabled/funfleet.conf").stdout
-    assert "proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent;" in site
+        assert f"server {address}:80 max_fails=1 fail_timeout=10s;  # {app}" in site
+    assert "proxy_next_upstream error timeout http_502 http_503 http_504 http_403 non_idempotent;" in site
     assert "keepalive 32;" in site
     sh(LB, "nginx", "-t")
+
+
+def test_the_scenario_inventory_is_bare():
+    """The secure defaults below hold with an inventory that only lists hosts, as an operator's
+    first one does: no group_vars, no host_vars."""
+    inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
+    assert not (inventory / "group_vars").exists()
+    assert not (inventory / "host_vars").exists()
 
 
 def test_app_hosts_take_http_from_the_balancer_only():
@@ -132,6 +149,14 @@ def test_app_hosts_take_http_from_the_balancer_only():
         rules = sh(app, "ufw", "status").stdout
         allowed = [" ".join(line.split()) for line in rules.splitlines() if "ALLOW" in line]
         assert allowed == [f"80/tcp ALLOW {lb_address} # funfleet:http-from-lb-{lb_address}"], rules
+
+
+def test_steady_state_through_the_balancer():
+    """The latency baseline the rollout numbers compare with: the same load, nothing happening."""
+    with Load(max_seconds=20) as load:
+        time.sleep(20)
+    assert load.failures == [], load.summary()
+    REPORT["steady state (20 s)"] = load.summary()
 
 
 def test_rolling_deploy_of_a_new_model_version_drops_nothing(releases):
@@ -166,7 +191,7 @@ def test_deploying_the_same_release_again_changes_nothing(releases):
     assert sh(LB, "pgrep", "-f", "nginx: worker process").stdout.split() == lb_workers  # no nginx reload
 
 
-def test_broken_release_stops_after_the_first_host(releases):
+def test_release_failing_its_sha256_stops_the_rollout_before_any_drain(releases):
     before = {app: release_of(app) for app in APPS}
     pids = {app: master_pid(app) for app in APPS}
     with Load() as load:
@@ -177,22 +202,57 @@ def test_broken_release_stops_after_the_first_host(releases):
     assert re.search(rf"Deploy of digits-3-\w+ failed on {first} ", words), words[-3000:]
     assert "Refuse a model whose sha256 does not match its metadata" in words
     assert "sha256 mismatch" in words
-    assert f"stays drained on {LB}" in words
+    assert f"The host still serves {before[first]} and was not drained" in words
     assert recap(result.stdout)[first][1] == 1
     # The rollout stopped before the second batch: only the facts play touched the second host.
     assert recap(result.stdout)[second] == (0, 0)
-    assert f"included: app_release for {second}" not in result.stdout
-    # The first host is on its old release, serving it, and left drained; the second untouched.
-    assert release_of(first) == before[first]
-    assert readyz(first)["version"] == "2"
-    assert sh(first, "ls", "/opt/funfleet/releases").stdout.split().count(before[first]) == 1
+    # Nothing was drained or restarted, and the shipped release is gone.
+    assert lb_state() == dict.fromkeys(APPS, "serving")
+    assert {app: master_pid(app) for app in APPS} == pids
+    assert {app: release_of(app) for app in APPS} == before
     assert not any(r.startswith("digits-3-") for r in sh(first, "ls", "/opt/funfleet/releases").stdout.split())
+    assert load.failures == [], load.summary()
+    REPORT["release failing its sha256"] = load.summary()
+
+
+def test_release_that_does_not_load_goes_back_and_stays_drained(releases):
+    """A failure after the drain (the model passes its sha256 but cannot be loaded): the host
+    goes back to its release, serves it, stays out of rotation, and the rollout stops."""
+    before = {app: release_of(app) for app in APPS}
+    pids = {app: master_pid(app) for app in APPS}
+    with Load() as load:
+        result = playbook(
+            "deploy.yml", "-e", f"app_release_model_src={releases['unloadable']}", "-e", "uwsgi_ready_timeout=40"
+        )
+    assert result.returncode == 2, result.stdout[-3000:]
+    first, second = APPS
+    words = " ".join((result.stdout + result.stderr).split())
+    assert re.search(rf"Deploy of digits-4-\w+ failed on {first} ", words), words[-3000:]
+    assert "the workers could not load the release" in words  # funfleet-ready stops at once, with the reason
+    assert f"The host is back on {before[first]} and stays drained" in words
+    assert release_of(first) == before[first]
+    # Drained, so its nginx answers 403: ask uWSGI itself, with the deploy's own readiness check.
+    serving = sh(
+        first,
+        "funfleet-ready",
+        "--stats",
+        "/run/funfleet/stats.sock",
+        "--socket",
+        "/run/funfleet/app.sock",
+        "--release",
+        before[first],
+        "--timeout",
+        "20",
+        check=False,
+    )
+    assert serving.returncode == 0, serving.stderr
+    assert not any(r.startswith("digits-4-") for r in sh(first, "ls", "/opt/funfleet/releases").stdout.split())
     assert lb_state() == {first: "drained", second: "serving"}
-    assert release_of(second) == before[second]
     assert master_pid(second) == pids[second]
+    assert release_of(second) == before[second]
     assert load.failures == [], load.summary()
     assert set(load.served_by) <= set(APPS)
-    REPORT["broken release"] = load.summary()
+    REPORT["release that does not load"] = load.summary()
 
 
 def test_rollback_returns_every_host_to_the_previous_version():
