@@ -270,6 +270,25 @@ def test_rollback_returns_every_host_to_the_previous_version():
     REPORT["rollback v2->v1"] = load.summary()
 
 
+def test_a_batch_of_every_host_stays_in_service_and_chain_reloads(releases):
+    """With no host left outside the batch to take the traffic (here serial 100%; likewise a
+    single app host behind a balancer), no host is drained: each chain-reloads in service."""
+    pids = {app: master_pid(app) for app in APPS}
+    with Load() as load:
+        result = playbook("deploy.yml", "-e", f"app_release_model_src={releases['v2']}", "-e", "funfleet_serial=100%")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert re.search(r"TASK \[nginx : Mark the host drained\][^\n]*\n(skipping: \[\S+\]\n)+", result.stdout), (
+        result.stdout[-3000:]
+    )
+    for app in APPS:
+        assert readyz(app)["version"] == "2"
+    assert {app: master_pid(app) for app in APPS} == pids  # a chain reload keeps the master
+    assert lb_state() == dict.fromkeys(APPS, "serving")
+    assert load.failures == [], load.summary()
+    assert set(load.served_by) == set(APPS), load.summary()
+    REPORT["every host in one batch (chain reload, no drain)"] = load.summary()
+
+
 def test_stopping_uwsgi_on_one_host_under_load_drops_nothing():
     victim, survivor = APPS
     with Load(max_seconds=120) as load:
