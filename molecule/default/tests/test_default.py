@@ -65,7 +65,8 @@ def test_ufw_has_exactly_the_expected_rules(host):
     assert "Status: active" in status
     assert "Default: deny (incoming), allow (outgoing), deny (routed)" in status
     added = [line for line in host.check_output("ufw show added").splitlines() if line.startswith("ufw ")]
-    assert added == ["ufw allow 80/tcp comment 'funfleet:http'", "ufw allow 443/tcp comment 'funfleet:https'"]
+    # No certificate here, so no 443: a port opens only where its service is.
+    assert added == ["ufw allow 80/tcp comment 'funfleet:http'"]
     assert "2222" not in status  # the unmanaged rule left by prepare is gone
 
 
