@@ -97,6 +97,22 @@ def test_ufw_really_drops_what_it_does_not_allow(host):
         host.run("systemctl stop probe-listener")
 
 
+def test_unit_bounds_memory_and_tasks_from_the_worker_count(host):
+    unit = host.file(f"/etc/systemd/system/{SERVICE}.service").content_string.splitlines()
+    assert "MemoryMax=5632M" in unit  # 2 workers x (2048 MiB reload-on-rss + 512) + 512 for the master
+    assert "TasksMax=320" in unit  # 2 x 128 + 64
+
+
+def test_nginx_config_is_not_world_readable(host):
+    for path in (
+        "/etc/nginx/sites-available/funfleet.conf",
+        "/etc/nginx/conf.d/funfleet-http.conf",
+        "/etc/nginx/snippets/funfleet-listen.conf",
+    ):
+        config = host.file(path)
+        assert (config.user, config.group, config.mode) == ("root", "root", 0o640), path
+
+
 def test_uwsgi_runs_the_shared_base_ini(host):
     """The host runs the same base.ini as the app's tests, serve-app and the benchmark."""
     base = host.file("/etc/funfleet/base.ini")
