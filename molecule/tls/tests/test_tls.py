@@ -14,7 +14,7 @@ import requests
 from fleetcheck import BASE, sample, wait_ready
 
 CA = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "tls" / "ca.crt"
-HTTP = "http://127.0.0.1:18480"
+HTTP = "http://localhost:18480"  # nginx redirects to https://$host: the name the client used
 
 
 @pytest.fixture(scope="module", autouse=True)
