@@ -60,11 +60,14 @@ def test_tls_1_1_is_refused_and_1_2_and_1_3_are_served():
     for flag, name in (("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")):
         current = s_client(flag, "-CAfile", str(CA))
         assert current.returncode == 0, current.stderr
-        assert f"Protocol  : {name}" in current.stdout
-        assert "Verify return code: 0 (ok)" in current.stdout
+        # The handshake line and the chain check; the later session block depends on resumption.
+        assert f"New, {name}, Cipher is" in current.stdout
+        assert "Verification: OK" in current.stdout
 
 
 def test_no_session_tickets():
+    """TLS 1.2 tickets are encrypted with a long-lived key that would unlock past sessions; with
+    tickets off, OpenSSL resumes TLS 1.3 from the server's session cache instead."""
     out = s_client("-tls1_2", "-CAfile", str(CA))
     assert out.returncode == 0
     assert "TLS session ticket" not in out.stdout
