@@ -9,7 +9,7 @@ BIN       := $(VENV)/bin
 CACHE     ?= $(HOME)/.cache/funfleet
 PORT      ?= 8000
 SUITE     ?= bookworm
-SCENARIOS ?= default fleet gpu online tls
+SCENARIOS ?= default fleet gpu online edge
 export PATH := $(abspath $(BIN)):$(PATH)
 export ANSIBLE_CONFIG := $(abspath ansible.cfg)
 

@@ -4,7 +4,8 @@ Models: the demo digits CNN (32x32, tiny: HTTP dominates) and MobileNetV2 at 224
 typical vision model: inference dominates). For each, in one run on this machine:
   raw       the compiled model call in one process with one TF thread, batch 1 (and 32), no HTTP;
   funfleet  what an app host runs: nginx -> uWSGI over a unix socket (master, lazy-apps,
-            2 workers, TF threads 1/worker);
+            2 workers, TF threads 1/worker); once over HTTP, once over HTTPS (the cost of TLS:
+            a throwaway self-signed P-256 certificate, TLS 1.3, keep-alive connections);
   gunicorn  the same app under gunicorn's documented deployment: 2 sync workers behind nginx;
   uWSGI     uWSGI alone behind its own keep-alive HTTP router (what `make serve-app` runs);
   flask-dev the old recipe: Flask dev server, model.predict() per request;
@@ -30,7 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+import urllib3
 
+# The HTTPS rows verify nothing: a throwaway self-signed certificate, on loopback.
+urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "app"
 DIGITS_DIR = ROOT / "files" / "models" / "digits" / "1"
@@ -160,7 +164,6 @@ error_log {tmp}/nginx-error.log warn;
 events {{ worker_connections 1024; }}
 http {{
     access_log off;
-    server_tokens off;
     client_body_temp_path {tmp}/body;
     proxy_temp_path {tmp}/proxy;
     uwsgi_temp_path {tmp}/uwsgi;
@@ -179,32 +182,46 @@ PROXY_SERVER = """\
             proxy_set_header Host $host;
         }}
     }}"""
-# What an app host runs: the nginx role's own site and snippets, rendered from its templates.
+# What an app host runs: the nginx role's own site and snippets, rendered from its templates
+# (ROLE_SITE_TLS: the same with a certificate, as a host that serves HTTPS).
 ROLE_SITE = "ROLE_SITE"
+ROLE_SITE_TLS = "ROLE_SITE_TLS"
 
 
-def render_role_site(tmp: Path, port: int, sock: Path) -> str:
-    """The nginx role's app-host site for this port and socket, as an `include` line."""
+def self_signed(tmp: Path) -> tuple[Path, Path]:
+    """A throwaway certificate for 127.0.0.1 (P-256, as an ACME CA would issue), made once."""
+    cert, key = tmp / "bench.crt", tmp / "bench.key"
+    if not cert.exists():
+        subprocess.run(
+            [
+                *("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"),
+                *("-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1"),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+    return cert, key
+
+
+def render_role_site(tmp: Path, port: int, sock: Path, tls: bool) -> str:
+    """The nginx role's http-level settings and app-host site for this port and socket, as
+    `include` lines."""
     out = tmp / f"site-{port}"
     out.mkdir()
     shutil.copy("/etc/nginx/uwsgi_params", tmp / "uwsgi_params")  # the site includes it relatively
+    extra = ["-e", f"out={out}", "-e", f"port={port}", "-e", f"sock={sock}"]
+    if tls:
+        cert, key = self_signed(tmp)
+        extra += ["-e", f"cert={cert}", "-e", f"key={key}"]
     subprocess.run(
-        [
-            str(BIN / "ansible-playbook"),
-            str(ROOT / "bench" / "render-nginx.yml"),
-            "-e",
-            f"out={out}",
-            "-e",
-            f"port={port}",
-            "-e",
-            f"sock={sock}",
-        ],
+        [str(BIN / "ansible-playbook"), str(ROOT / "bench" / "render-nginx.yml"), *extra],
         check=True,
         capture_output=True,
         cwd=ROOT,
         timeout=120,
     )
-    return f"    include {out}/funfleet-site.conf;"
+    return f"    include {out}/funfleet-http.conf;\n    include {out}/funfleet-site.conf;"
 
 
 class Server:
@@ -212,6 +229,7 @@ class Server:
 
     def __init__(self, name: str, backend: list[str], env: dict, cwd: Path, location: str | None = None) -> None:
         self.name, self.backend, self.env, self.cwd, self.location = name, backend, env, cwd, location
+        self.scheme = "https" if location == ROLE_SITE_TLS else "http"
         self.procs: list[subprocess.Popen] = []
 
     def start(self, port: int, tmp: Path, case: Case) -> None:
@@ -220,12 +238,13 @@ class Server:
         self.procs.append(spawn(cmd, self.env, self.cwd))
         if self.location is not None:
             conf = tmp / f"nginx-{port}.conf"
-            server = render_role_site(tmp, port, sock) if self.location == ROLE_SITE else self.location
+            role_site = self.location in (ROLE_SITE, ROLE_SITE_TLS)
+            server = render_role_site(tmp, port, sock, self.scheme == "https") if role_site else self.location
             conf.write_text(
                 NGINX_CONF.format(user=getpass.getuser(), tmp=tmp, server=server.format(port=port, sock=sock))
             )
             self.procs.append(spawn(["nginx", "-c", str(conf)], self.env, tmp))
-        await_serving(port, case)
+        await_serving(f"{self.scheme}://127.0.0.1:{port}", case)
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -238,12 +257,13 @@ def spawn(cmd: list[str], env: dict, cwd: Path) -> subprocess.Popen:
     )
 
 
-def await_serving(port: int, case: Case) -> None:
+def await_serving(base: str, case: Case) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
+            # verify=False: the benchmark's own throwaway certificate, on loopback.
             r = requests.post(
-                f"http://127.0.0.1:{port}/predict", files={"image": (case.filename, case.sample)}, timeout=30
+                f"{base}/predict", files={"image": (case.filename, case.sample)}, timeout=30, verify=False
             )
             if r.status_code == 200:
                 # Give every worker time to finish loading before measuring.
@@ -252,7 +272,7 @@ def await_serving(port: int, case: Case) -> None:
         except requests.RequestException:
             pass
         time.sleep(0.5)
-    raise RuntimeError(f"nothing served a prediction on port {port}")
+    raise RuntimeError(f"nothing served a prediction at {base}")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -278,6 +298,7 @@ def servers(workers: int, env: dict, tmp: Path) -> list[Server]:
 
     return [
         Server("funfleet nginx>uWSGI", [*uwsgi, "--socket", "{sock}"], app_env(), APP, ROLE_SITE),
+        Server("funfleet HTTPS", [*uwsgi, "--socket", "{sock}"], app_env(), APP, ROLE_SITE_TLS),
         Server(
             "gunicorn nginx>gunicorn",
             [str(BIN / "gunicorn"), "-w", w, "-b", "unix:{sock}", "wsgi:app"],
@@ -333,7 +354,8 @@ def run_case(case: Case, levels: list[int], args: argparse.Namespace, tmp: Path)
         try:
             server.start(port, tmp, case)
             for c in levels:
-                rows.append((server.name, c, load(f"http://127.0.0.1:{port}/predict", c, args.seconds, script)))
+                url = f"{server.scheme}://127.0.0.1:{port}/predict"
+                rows.append((server.name, c, load(url, c, args.seconds, script)))
         finally:
             server.stop()
 
@@ -349,7 +371,10 @@ def run_case(case: Case, levels: list[int], args: argparse.Namespace, tmp: Path)
             f"{r['rps'] / raw[1]:>10.2f}"
         )
     ours = {c: r["rps"] for n, c, r in rows if n == table[0].name}
-    for server in table[1:]:
+    tls = {c: r["rps"] for n, c, r in rows if n == table[1].name}
+    top = levels[-1]
+    print(f"cost of TLS at c={top}: HTTPS / HTTP = {tls[top] / ours[top]:.2f}x requests/s")
+    for server in table[2:]:
         theirs = {c: r["rps"] for n, c, r in rows if n == server.name}
         print(f"{table[0].name} / {server.name} at c={levels[-1]}: {ours[levels[-1]] / theirs[levels[-1]]:.2f}x")
     sys.stdout.flush()

@@ -5,8 +5,10 @@ listens, paths, control sockets). A shared option set anywhere else is drift, an
 from __future__ import annotations
 
 import configparser
+import getpass
 import importlib.util
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -122,10 +124,25 @@ def test_the_bench_nginx_is_the_roles_own_site(tmp_path):
     role's templates and defaults, rather than a config of its own."""
     bench = load(ROOT / "bench" / "bench.py", "funfleet_bench")
     assert "uwsgi_pass" not in (ROOT / "bench" / "bench.py").read_text()
-    include = bench.render_role_site(tmp_path, 18555, tmp_path / "app.sock")
+    include = bench.render_role_site(tmp_path, 18555, tmp_path / "app.sock", False)
     site = tmp_path / "site-18555" / "funfleet-site.conf"
-    assert include.strip() == f"include {site};"
+    http = tmp_path / "site-18555" / "funfleet-http.conf"
+    assert [line.strip() for line in include.splitlines()] == [f"include {http};", f"include {site};"]
     text = site.read_text()
     assert f"server unix:{tmp_path / 'app.sock'};" in text
     assert f"if (-f {tmp_path / 'site-18555' / 'drained'})" in text
     assert "listen 127.0.0.1:18555 default_server;" in (tmp_path / "site-18555" / "funfleet-listen.conf").read_text()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_the_bench_nginx_config_is_valid(tmp_path, tls):
+    """What `make bench` hands nginx (its own http block around the role's files) passes `nginx -t`."""
+    bench = load(ROOT / "bench" / "bench.py", "funfleet_bench")
+    include = bench.render_role_site(tmp_path, 18556, tmp_path / "app.sock", tls)
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(bench.NGINX_CONF.format(user=getpass.getuser(), tmp=tmp_path, server=include))
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    result = subprocess.run([nginx, "-t", "-c", str(conf)], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    listen = (tmp_path / "site-18556" / "funfleet-listen.conf").read_text()
+    assert ("listen 127.0.0.1:18556 ssl http2 default_server;" in listen) is tls

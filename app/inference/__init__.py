@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 from flask import Flask, Response, g, request
 
-from . import metrics
+from . import logs, metrics
 from .config import Settings
 from .errors import register_error_handlers
 from .runtime import ModelRuntime
@@ -24,7 +24,7 @@ def create_app(config: Mapping | None = None) -> Flask:
     worker (that would crash-loop the service): the app still comes up, answers 503, and
     /readyz reports "failed" with the reason, which the deploy's readiness check stops on."""
     settings = Settings.from_env(config)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
     app.json.sort_keys = False
@@ -62,8 +62,11 @@ def _register_request_hooks(app: Flask, settings: Settings) -> None:
         endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
         metrics.REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
         started = g.get("started")
-        if started is not None:
-            metrics.LATENCY.labels(endpoint).observe(time.perf_counter() - started)
+        seconds = None if started is None else time.perf_counter() - started
+        if seconds is not None:
+            metrics.LATENCY.labels(endpoint).observe(seconds)
+        if settings.access_log:
+            logs.access(request.method, request.path, endpoint, response.status_code, seconds)
         origin = request.headers.get("Origin")
         if origin and ("*" in origins or origin in origins):
             response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin

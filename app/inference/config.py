@@ -31,6 +31,8 @@ class Settings:
     # GPU (i-1) mod gpu_count, so workers spread over the GPUs instead of all taking GPU 0.
     gpu_count: int = 0
     warmup_batch_sizes: tuple[int, ...] = (1, 8, 32)
+    # One JSON access line a request in the app's log (with the request id nginx passes on).
+    access_log: bool = True
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -63,7 +65,7 @@ def _parse(name: str, raw: str):
         return tuple(part.strip() for part in raw.split(",") if part.strip())
     if name == "warmup_batch_sizes":
         return tuple(int(part) for part in raw.split(",") if part.strip())
-    if name == "gpu_memory_growth":
+    if name in ("gpu_memory_growth", "access_log"):
         return raw.strip().lower() in ("1", "true", "yes", "on")
     if name in (
         "max_content_length",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -13,6 +14,21 @@ import requests
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "files" / "samples" / "digits"
 BASE = os.environ.get("FUNFLEET_HTTP", "http://127.0.0.1:18080")
+
+
+def sh(container: str, *argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    """A command in a test host (docker exec)."""
+    result = subprocess.run(
+        ["docker", "exec", container, *argv], check=False, capture_output=True, text=True, timeout=timeout
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{container}: {argv} -> {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def address(container: str) -> str:
+    """A test host's address on its scenario network."""
+    return sh(container, "hostname", "-I").stdout.split()[0]
 
 
 def sample(label: str) -> bytes:

@@ -6,9 +6,10 @@ const statusLine = document.getElementById("status");
 const results = document.getElementById("results");
 const preview = document.getElementById("preview");
 
-fetch("metadata").then((r) => r.json()).then((meta) => {
-  const m = meta.model;
-  document.getElementById("model").textContent = m ? `Model ${m.name}, version ${m.version}` : "Model not loaded";
+// /readyz, not /metadata: the ops endpoints are private to the monitoring networks.
+fetch("readyz").then((r) => r.json()).then((ready) => {
+  document.getElementById("model").textContent =
+    ready.status === "ready" ? `Model ${ready.model}, version ${ready.version}` : `Model ${ready.status}`;
 }).catch(() => {});
 
 input.addEventListener("change", () => {

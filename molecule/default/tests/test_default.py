@@ -176,11 +176,29 @@ def test_readyz_and_metrics_count_requests(host):
     assert current.startswith("digits-1-")
     assert body == {"status": "ready", "model": "digits", "version": "1", "device": "/device:CPU:0", "release": current}
     key = dict(endpoint="/predict", method="POST", status="200")
-    before = counter(requests.get(f"{BASE}/metrics", timeout=5).text, "funfleet_http_requests_total", **key)
+
+    def metrics() -> str:  # from the host itself: /metrics is for loopback and the monitoring hosts
+        return host.check_output(
+            "python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1/metrics').read().decode())\""
+        )
+
+    before = counter(metrics(), "funfleet_http_requests_total", **key)
     for i in range(6):
         assert predict(str(i)).status_code == 200
-    after = counter(requests.get(f"{BASE}/metrics", timeout=5).text, "funfleet_http_requests_total", **key)
+    after = counter(metrics(), "funfleet_http_requests_total", **key)
     assert after - before == 6
+
+
+def test_ops_endpoints_are_private_on_a_host_without_balancers():
+    """This host is its own edge, and this controller is not a monitoring host."""
+    for path in ("/metrics", "/metadata"):
+        response = requests.get(f"{BASE}{path}", timeout=5)
+        assert response.status_code == 403
+        assert response.json() == {
+            "error": "this endpoint is for the monitoring networks only",
+            "code": "forbidden",
+            "status": 403,
+        }
 
 
 def uwsgi_pids(host) -> tuple[int, set[int]]:
@@ -214,12 +232,17 @@ def test_killed_worker_is_respawned(host):
     assert statuses == [200] * 20
 
 
-def test_stopped_app_gives_json_502_and_restart_comes_back(host):
+def test_stopped_app_gives_json_503_and_restart_comes_back(host):
+    """Nothing listens on the socket: a 503 (try again, or elsewhere), not a 502."""
     host.run(f"systemctl stop {SERVICE}")
     try:
         response = predict("3")
-        assert response.status_code == 502
-        assert response.json()["code"] == "bad_gateway"
+        assert response.status_code == 503
+        assert response.json() == {
+            "error": "the inference service is unavailable",
+            "code": "service_unavailable",
+            "status": 503,
+        }
     finally:
         host.run(f"systemctl start {SERVICE}")
     wait_ready(seconds=90)

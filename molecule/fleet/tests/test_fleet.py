@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetcheck import ROOT, Load, predict, wait_ready
+from fleetcheck import ROOT, Load, predict, sh, wait_ready
 
 testinfra_hosts = ["funfleet-fleet-lb"]  # every test runs once; hosts are reached with docker exec
 
@@ -28,15 +28,6 @@ APPS = ["funfleet-fleet-app1", "funfleet-fleet-app2"]
 CLIENT = "funfleet-fleet-client"
 MODEL_V1 = ROOT / "files" / "models" / "digits" / "1"
 REPORT: dict[str, str] = {}
-
-
-def sh(container: str, *argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        ["docker", "exec", container, *argv], check=False, capture_output=True, text=True, timeout=timeout
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"{container}: {argv} -> {result.returncode}\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 def readyz(container: str) -> dict:
@@ -123,7 +114,11 @@ def test_balancer_config_names_every_app_host_with_failover():
     for app in APPS:
         address = sh(app, "hostname", "-I").stdout.split()[0]
         assert f"server {address}:80 max_fails=1 fail_timeout=10s;  # {app}" in site
-    assert "proxy_next_upstream error timeout http_502 http_503 http_504 http_403 non_idempotent;" in site
+    # Retried elsewhere: unreachable, failed, no worker free (503) or drained (403); never a 504 or a
+    # 429, at most one more host, and not once 10 s have passed.
+    assert "proxy_next_upstream error timeout http_502 http_503 http_403 non_idempotent;" in site
+    assert "proxy_next_upstream_tries 2;" in site
+    assert "proxy_next_upstream_timeout 10s;" in site
     assert "keepalive 32;" in site
     sh(LB, "nginx", "-t")
 

@@ -1,0 +1,75 @@
+"""The app's log lines: one JSON object a line on stderr (uWSGI hands it to the journal), each
+with the request id of the request it was written under, and one access line a request."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+from flask import has_request_context, request
+
+ACCESS = logging.getLogger("funfleet.access")
+# Set by the edge nginx (generated, or the client's own when valid) and passed on by every hop.
+REQUEST_ID_HEADER = "X-Request-Id"
+
+
+def request_id() -> str | None:
+    """The current request's id, or None outside a request (or when no proxy set one)."""
+    if not has_request_context():
+        return None
+    return request.headers.get(REQUEST_ID_HEADER) or None
+
+
+class JsonFormatter(logging.Formatter):
+    """time, level, logger, message, request_id, any `extra` fields given to the call, and the
+    exception's traceback when there is one."""
+
+    _standard = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        rid = getattr(record, "request_id", None) or request_id()
+        if rid:
+            line["request_id"] = rid
+        for key, value in record.__dict__.items():
+            if key not in self._standard and key != "request_id":
+                line[key] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def configure(level: int = logging.INFO) -> None:
+    """JSON lines on stderr for the root logger (once per process)."""
+    root = logging.getLogger()
+    if any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root.handlers = [handler]
+    root.setLevel(level)
+
+
+def access(method: str, path: str, endpoint: str, status: int, seconds: float | None) -> None:
+    """The request's access line (request id included by the formatter)."""
+    if ACCESS.isEnabledFor(logging.INFO):
+        ACCESS.info(
+            "%s %s %d",
+            method,
+            path,
+            status,
+            extra={
+                "method": method,
+                "path": path,
+                "endpoint": endpoint,
+                "status": status,
+                "duration_ms": None if seconds is None else round(seconds * 1000, 3),
+            },
+        )
