@@ -25,6 +25,7 @@ def create_app(config: Mapping | None = None) -> Flask:
     /readyz reports "failed" with the reason, which the deploy's readiness check stops on."""
     settings = Settings.from_env(config)
     logs.configure()
+    metrics.start_worker()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
     app.json.sort_keys = False
@@ -64,7 +65,7 @@ def _register_request_hooks(app: Flask, settings: Settings) -> None:
         started = g.get("started")
         seconds = None if started is None else time.perf_counter() - started
         if seconds is not None:
-            metrics.LATENCY.labels(endpoint).observe(seconds)
+            metrics.LATENCY.labels(endpoint, str(response.status_code)).observe(seconds)
         if settings.access_log:
             logs.access(request.method, request.path, endpoint, response.status_code, seconds)
         origin = request.headers.get("Origin")

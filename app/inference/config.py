@@ -33,6 +33,8 @@ class Settings:
     warmup_batch_sizes: tuple[int, ...] = (1, 8, 32)
     # One JSON access line a request in the app's log (with the request id nginx passes on).
     access_log: bool = True
+    # While this file exists the host is drained (its nginx's doing); /metrics reports it.
+    drain_file: str = ""
     extra: dict = field(default_factory=dict)
 
     @classmethod

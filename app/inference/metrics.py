@@ -3,11 +3,27 @@
 With ``PROMETHEUS_MULTIPROC_DIR`` set (the uWSGI unit sets it to a directory under its
 RuntimeDirectory, emptied at every start), each worker writes its own files and ``/metrics``
 sums them with the multiprocess collector. Without it, the process registry is used.
+
+Workers die without running exit hooks (uWSGI's ``skip-atexit``), so nothing tells the files a
+worker is gone: at every scrape, the files of workers that no longer exist are folded into one
+archive per type (``retire_workers``): counters keep their totals, and readiness and release
+gauges keep their series at 0. So after a chain reload, a respawn or a restart (the unit keeps
+the folder across restarts), readiness of the release the old workers served reads 0, not 1,
+and the folder does not grow with every worker that ever ran. A new worker whose pid was used
+before retires that pid's files before it writes any. ``/metrics`` also reports uWSGI's listen queue and busy
+workers from its stats socket (``FUNFLEET_UWSGI_STATS``).
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
+import re
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -18,12 +34,18 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.mmap_dict import MmapedDict
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 REQUESTS = Counter("funfleet_http_requests", "HTTP requests handled", ["endpoint", "method", "status"])
 LATENCY = Histogram(
-    "funfleet_http_request_duration_seconds", "Time spent handling a request", ["endpoint"], buckets=LATENCY_BUCKETS
+    "funfleet_http_request_duration_seconds",
+    "Time spent handling a request",
+    ["endpoint", "status"],
+    buckets=LATENCY_BUCKETS,
 )
 INFERENCE = Histogram(
     "funfleet_inference_duration_seconds", "Time spent in the compiled model call", buckets=LATENCY_BUCKETS
@@ -32,17 +54,207 @@ BATCH = Histogram("funfleet_inference_batch_size", "Instances per model call", b
 INSTANCES = Counter("funfleet_predictions", "Instances predicted", ["model", "version"])
 MODEL_READY = Gauge(
     "funfleet_model_ready",
-    "1 when this worker has its model loaded and warm",
+    "1 while a live worker has this model version loaded and warm; 0 once none has",
     ["model", "version"],
     multiprocess_mode="max",
 )
+RELEASE = Gauge(
+    "funfleet_release_info",
+    "1 for the release a live worker serves (its release id); 0 once none does",
+    ["release", "model", "version"],
+    multiprocess_mode="max",
+)
+
+# One file per worker pid and metric type (gauges: and mode), as prometheus_client writes them.
+_WORKER_FILE = re.compile(r"^(?P<type>counter|histogram|summary|gauge)_(?:(?P<mode>[a-z]+)_)?(?P<pid>\d+)\.db$")
+ARCHIVE = "archive"  # the pid part of the files that hold what gone workers left
 
 
-def render() -> tuple[bytes, str]:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fold(path: Path, archive: Path, zero: bool) -> None:
+    """Add one worker's values into the archive file of its type (gauges: as 0), then remove it."""
+    source = MmapedDict(str(path))
+    target = MmapedDict(str(archive))
+    try:
+        for key, value, timestamp in list(source.read_all_values()):
+            current, _ = target.read_value(key)
+            target.write_value(key, 0.0 if zero else current + value, timestamp)
+    finally:
+        source.close()
+        target.close()
+    path.unlink()
+
+
+def retire_workers(directory: str | os.PathLike, pids: set[int] | None = None, gauges_only: bool = False) -> list[int]:
+    """Fold the files of the given pids, or of every pid that no longer runs, into one archive
+    file per type: counters and histograms keep their totals, `max` gauges (readiness, release)
+    keep their series at 0, live-mode gauges are dropped (as prometheus_client's
+    mark_process_dead does). The folder so holds the live workers' files and a few archives,
+    however many workers came and went. Returns the pids retired."""
+    directory = Path(directory)
+    retired = set()
+    for path in sorted(directory.glob("*.db")):
+        match = _WORKER_FILE.match(path.name)
+        if match is None:
+            continue
+        pid = int(match["pid"])
+        if pids is not None:
+            if pid not in pids:
+                continue
+        elif pid == os.getpid() or _alive(pid):
+            continue
+        kind, mode = match["type"], match["mode"]
+        if gauges_only and kind != "gauge":
+            continue
+        if kind == "gauge" and mode.startswith("live"):
+            path.unlink(missing_ok=True)
+        elif kind == "gauge" and mode != "max":
+            continue  # no such gauge here; left as prometheus_client reads it
+        else:
+            name = f"gauge_max_{ARCHIVE}.db" if kind == "gauge" else f"{kind}_{ARCHIVE}.db"
+            _fold(path, directory / name, zero=kind == "gauge")
+        retired.add(pid)
+    return sorted(retired)
+
+
+@contextmanager
+def _exclusive(directory: str) -> Iterator[None]:
+    """One worker at a time folds and reads the folder (two scrapes at once must not both fold
+    a file, or read one the other just removed)."""
+    with open(os.path.join(directory, ".lock"), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def start_worker() -> None:
+    """Call once in a new worker before it sets any gauge: gauges left under its pid by an
+    earlier worker (pids are reused) are retired first, so a stale "ready" cannot show through.
+    Only gauges: this process already holds its own counter and histogram files open (the
+    unlabelled histograms create theirs at import), and an earlier owner's counts in them are
+    totals that must stay anyway."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        with _exclusive(directory):
+            retire_workers(directory, {os.getpid()}, gauges_only=True)
+
+
+class UwsgiStats(Collector):
+    """uWSGI's listen queue and workers, read from its stats socket at scrape time."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def _read(self) -> dict | None:
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(1.0)
+                sock.connect(self.path)
+                chunks = []
+                while chunk := sock.recv(65536):
+                    chunks.append(chunk)
+            return json.loads(b"".join(chunks))
+        except (OSError, ValueError):
+            return None
+
+    def collect(self) -> Iterator:
+        stats = self._read()
+        up = GaugeMetricFamily("funfleet_uwsgi_stats_up", "1 when uWSGI's stats socket answered this scrape")
+        up.add_metric([], 0 if stats is None else 1)
+        yield up
+        if stats is None:
+            return
+        sockets = stats.get("sockets") or [{}]
+        queue = GaugeMetricFamily("funfleet_uwsgi_listen_queue", "Connections waiting in uWSGI's listen queue")
+        queue.add_metric([], sum(s.get("queue", 0) for s in sockets))
+        yield queue
+        size = GaugeMetricFamily("funfleet_uwsgi_listen_queue_size", "Size of uWSGI's listen queue")
+        size.add_metric([], max(s.get("max_queue", 0) for s in sockets))
+        yield size
+        overflows = CounterMetricFamily(
+            "funfleet_uwsgi_listen_queue_errors", "Times uWSGI's listen queue was full (since uWSGI started)"
+        )
+        overflows.add_metric([], stats.get("listen_queue_errors", 0))
+        yield overflows
+        workers = GaugeMetricFamily("funfleet_uwsgi_workers", "uWSGI workers by status", labels=["status"])
+        counts: dict[str, int] = {}
+        for worker in stats.get("workers", []):
+            status = "busy" if worker.get("status") == "busy" else str(worker.get("status", "unknown"))
+            counts[status] = counts.get(status, 0) + 1
+        for status in ("idle", "busy"):
+            counts.setdefault(status, 0)
+        for status, count in sorted(counts.items()):
+            workers.add_metric([status], count)
+        yield workers
+        rss = GaugeMetricFamily(
+            "funfleet_uwsgi_worker_rss_bytes", "Resident memory of each uWSGI worker", labels=["worker"]
+        )
+        for worker in stats.get("workers", []):
+            if worker.get("rss"):
+                rss.add_metric([str(worker.get("id"))], worker["rss"])
+        yield rss
+
+
+class HostState(Collector):
+    """What the fleet needs to know about this host at scrape time: whether it is drained (out of
+    rotation; since when), and the space left on the volume that holds its releases."""
+
+    def __init__(self, drain_file: str, release_dir: str) -> None:
+        self.drain_file, self.release_dir = drain_file, release_dir
+
+    def collect(self) -> Iterator:
+        if self.drain_file:
+            try:
+                since = os.stat(self.drain_file).st_mtime
+            except OSError:
+                since = None
+            drained = GaugeMetricFamily("funfleet_drained", "1 while this host is drained (out of rotation)")
+            drained.add_metric([], 0 if since is None else 1)
+            yield drained
+            started = GaugeMetricFamily(
+                "funfleet_drained_since_timestamp_seconds", "When this host was drained (Unix time; 0 when it is not)"
+            )
+            started.add_metric([], since or 0)
+            yield started
+        try:
+            volume = os.statvfs(self.release_dir)
+        except OSError:
+            return
+        avail = GaugeMetricFamily("funfleet_release_volume_avail_bytes", "Free space on the releases' volume")
+        avail.add_metric([], volume.f_bavail * volume.f_frsize)
+        yield avail
+        size = GaugeMetricFamily("funfleet_release_volume_size_bytes", "Size of the releases' volume")
+        size.add_metric([], volume.f_blocks * volume.f_frsize)
+        yield size
+
+
+def render(host: HostState | None = None) -> tuple[bytes, str]:
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    from prometheus_client import REGISTRY
+        with _exclusive(directory):
+            retire_workers(directory)
+            payload = generate_latest(registry)
+    else:
+        from prometheus_client import REGISTRY
 
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        payload = generate_latest(REGISTRY)
+    extra = CollectorRegistry()
+    stats = os.environ.get("FUNFLEET_UWSGI_STATS")
+    if stats:
+        extra.register(UwsgiStats(stats))
+    if host is not None:
+        extra.register(host)
+    return payload + generate_latest(extra), CONTENT_TYPE_LATEST

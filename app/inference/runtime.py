@@ -86,6 +86,7 @@ class ModelRuntime:
             )
             self.error = None
             metrics.MODEL_READY.labels(release.name, release.version).set(1)
+            metrics.RELEASE.labels(release_id or "", release.name, release.version).set(1)
             log.info("model %s:%s ready on %s in %.1fs", release.name, release.version, device, done - started)
 
     def load_in_background(self) -> threading.Thread:

@@ -141,7 +141,7 @@ def test_metrics_count_requests_by_endpoint_and_status(client, samples):
         - counter(before, "funfleet_predictions_total", model="digits", version="1")
         == 3
     )
-    assert 'funfleet_http_request_duration_seconds_bucket{endpoint="/predict",le="0.5"}' in after
+    assert 'funfleet_http_request_duration_seconds_bucket{endpoint="/predict",le="0.5",status="200"}' in after
 
 
 def test_cors_is_off_by_default(client):

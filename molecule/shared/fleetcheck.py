@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -24,6 +26,15 @@ def sh(container: str, *argv: str, check: bool = True, timeout: float = 60) -> s
     if check and result.returncode != 0:
         raise AssertionError(f"{container}: {argv} -> {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def playbook(name: str, *extra: str) -> subprocess.CompletedProcess:
+    """One of the repo's playbooks against the scenario's inventory."""
+    inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
+    binary = shutil.which("ansible-playbook") or str(Path(sys.executable).with_name("ansible-playbook"))
+    env = {**os.environ, "ANSIBLE_ROLES_PATH": str(ROOT / "roles"), "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}
+    cmd = [binary, "-i", str(inventory), str(ROOT / "playbooks" / name), *extra]
+    return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
 
 
 def address(container: str) -> str:

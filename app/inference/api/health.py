@@ -6,7 +6,7 @@ import os
 import platform
 import socket
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, current_app, jsonify
 
 from .. import __version__, metrics
 from . import runtime
@@ -60,5 +60,6 @@ def metadata():
 
 @bp.get("/metrics")
 def prometheus_metrics():
-    payload, content_type = metrics.render()
+    settings = current_app.extensions["funfleet.settings"]
+    payload, content_type = metrics.render(metrics.HostState(settings.drain_file, str(settings.model_dir)))
     return Response(payload, content_type=content_type)

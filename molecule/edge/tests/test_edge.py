@@ -10,6 +10,8 @@ and a standalone app host (solo), both on HTTPS with a certificate from a test C
 - A full uWSGI listen queue answers a JSON 503, through the balancer too.
 - /metrics and /metadata: never through the balancer, only from the monitoring host on the app host.
 - One request id in the response and in the balancer's, the app host's nginx's and the app's logs.
+- The monitoring host's real Prometheus: every target up, requests counted exactly, readiness
+  of a replaced release at 0, an alert that fires, exporters closed to everyone else.
 
 Tests run in file order; each leaves the fleet as it found it.
 """
@@ -23,6 +25,7 @@ import select
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -31,7 +34,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from fleetcheck import address, predict, sample, sh, wait_ready
+from fleetcheck import ROOT, address, playbook, predict, sample, sh, wait_ready
 
 testinfra_hosts = ["funfleet-edge-lb"]  # every test runs once; hosts are reached with docker exec
 
@@ -142,17 +145,30 @@ def test_http2_as_this_nginx_version_supports_it(edge):
     assert "ssl_session_tickets off;" in dump
 
 
+def exporter_rules() -> list[str]:
+    """What every fleet host lets the monitoring host reach: its node and nginx exporters."""
+    monitor = address(MONITOR)
+    return [
+        f"ufw allow from {monitor} to any port 9100 proto tcp comment 'funfleet:node-exporter-{monitor}'",
+        f"ufw allow from {monitor} to any port 9113 proto tcp comment 'funfleet:nginx-exporter-{monitor}'",
+    ]
+
+
+def ufw_added(container: str) -> list[str]:
+    return [line for line in sh(container, "ufw", "show", "added").stdout.splitlines() if line.startswith("ufw ")]
+
+
 @pytest.mark.parametrize("edge", EDGES)
 def test_key_is_private_and_443_is_open(edge):
     container = EDGES[edge][0]
-    assert sh(container, "stat", "-c", "%U %G %a", "/etc/nginx/tls/funfleet.key").stdout.split() == [
-        "root",
-        "root",
-        "600",
-    ]
+    key = sh(container, "stat", "-c", "%U %G %a", "/etc/nginx/tls/funfleet.key").stdout.split()
+    assert key == ["root", "root", "600"]
     assert sh(container, "stat", "-c", "%a", "/etc/nginx/tls").stdout.strip() == "700"
-    added = [line for line in sh(container, "ufw", "show", "added").stdout.splitlines() if line.startswith("ufw ")]
-    assert added == ["ufw allow 80/tcp comment 'funfleet:http'", "ufw allow 443/tcp comment 'funfleet:https'"]
+    assert ufw_added(container) == [
+        "ufw allow 80/tcp comment 'funfleet:http'",
+        "ufw allow 443/tcp comment 'funfleet:https'",
+        *exporter_rules(),
+    ]
 
 
 # --- Per-client limits (the solo host: its own edge) -----------------------------------------
@@ -339,9 +355,11 @@ def test_a_full_listen_queue_answers_json_503_through_the_balancer_too():
 # --- Private ops endpoints -------------------------------------------------------------------
 
 OPS_PROBE = """
-import sys, urllib.request, urllib.error
+import ssl, sys, urllib.request, urllib.error
+# The solo host serves HTTPS with a certificate for localhost, reached here by address.
+context = ssl._create_unverified_context() if sys.argv[1].startswith("https") else None
 try:
-    with urllib.request.urlopen(sys.argv[1], timeout=5) as r:
+    with urllib.request.urlopen(sys.argv[1], timeout=5, context=context) as r:
         print(r.status, r.read().decode()[:2000])
 except urllib.error.HTTPError as e:
     print(e.code, e.read().decode()[:2000])
@@ -364,21 +382,22 @@ def test_ops_endpoints_are_not_served_through_the_balancer_or_to_the_public(path
 
 
 def test_the_monitoring_host_reads_them_on_each_app_host():
-    for host in (APP, SOLO):
-        metrics = sh(MONITOR, "python3", "-c", OPS_PROBE, f"http://{address(host)}/metrics").stdout
+    # The app host behind the balancer speaks HTTP; the solo host serves HTTPS only.
+    for host, scheme in ((APP, "http"), (SOLO, "https")):
+        metrics = sh(MONITOR, "python3", "-c", OPS_PROBE, f"{scheme}://{address(host)}/metrics").stdout
         assert metrics.startswith("200 ")
         assert "funfleet_http_requests_total{" in metrics
-        metadata = sh(MONITOR, "python3", "-c", OPS_PROBE, f"http://{address(host)}/metadata").stdout
+        metadata = sh(MONITOR, "python3", "-c", OPS_PROBE, f"{scheme}://{address(host)}/metadata").stdout
         assert metadata.startswith("200 ")
         assert json.loads(metadata[4:])["service"]["host"] == host
 
 
 def test_app_host_firewall_admits_the_balancer_and_the_monitoring_host_only():
     lb, monitor = address(LB), address(MONITOR)
-    added = [line for line in sh(APP, "ufw", "show", "added").stdout.splitlines() if line.startswith("ufw ")]
-    assert added == [
+    assert ufw_added(APP) == [
         f"ufw allow from {lb} to any port 80 proto tcp comment 'funfleet:http-from-lb-{lb}'",
         f"ufw allow from {monitor} to any port 80 proto tcp comment 'funfleet:http-from-monitoring-{monitor}'",
+        *exporter_rules(),
     ]
     probe = "import socket, sys; socket.create_connection((sys.argv[1], 80), timeout=3); print('connected')"
     from_solo = sh(SOLO, "python3", "-c", probe, address(APP), check=False)
@@ -442,3 +461,149 @@ def test_access_logs_are_json_and_configs_private():
         assert {"time", "request_id", "remote_addr", "status", "request_time", "upstream_addr"} <= set(entry)
         for conf in ("/etc/nginx/sites-available/funfleet.conf", "/etc/nginx/conf.d/funfleet-http.conf"):
             assert sh(container, "stat", "-c", "%U %G %a", conf).stdout.split() == ["root", "root", "640"]
+
+
+# --- Monitoring: the monitoring host's real Prometheus ----------------------------------------
+
+QUERY = """
+import json, sys, urllib.parse, urllib.request
+path = sys.argv[1] + ("?" + urllib.parse.urlencode({"query": sys.argv[2]}) if len(sys.argv) > 2 else "")
+print(urllib.request.urlopen("http://127.0.0.1:9090" + path, timeout=10).read().decode())
+"""
+
+
+def prometheus(path: str, query: str | None = None) -> dict:
+    body = json.loads(sh(MONITOR, "python3", "-c", QUERY, path, *([query] if query else [])).stdout)
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+def instant(query: str) -> dict[str, float]:
+    """host -> value of an instant query (one series per host, or `all` for an aggregate)."""
+    return {r["metric"].get("host", "all"): float(r["value"][1]) for r in prometheus("/api/v1/query", query)["result"]}
+
+
+def eventually(check, seconds: float = 90, what: str = ""):
+    """Poll `check` (a function returning a truthy value) until it holds; bounded."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"not within {seconds}s: {what}"
+        time.sleep(2)
+
+
+def test_promtool_accepts_the_config_and_the_rules():
+    config = sh(MONITOR, "promtool", "check", "config", "/etc/prometheus/prometheus.yml")
+    assert "SUCCESS" in config.stdout + config.stderr
+    rules = sh(MONITOR, "promtool", "check", "rules", "/etc/prometheus/funfleet-rules.yml")
+    assert "SUCCESS: 8 rules found" in rules.stdout + rules.stderr
+
+
+def test_every_fleet_host_is_a_target_and_up():
+    expected = {
+        ("funfleet_app", APP),
+        ("node", APP),
+        ("nginx", APP),
+        ("node", LB),
+        ("nginx", LB),
+        ("prometheus", MONITOR),
+    }
+
+    def all_up():
+        targets = prometheus("/api/v1/targets")["activeTargets"]
+        seen = {(t["labels"]["job"], t["labels"]["host"]): t["health"] for t in targets}
+        return seen if set(seen) == expected and set(seen.values()) == {"up"} else None
+
+    eventually(all_up, what="every target up")
+
+
+def test_predictions_through_the_balancer_are_counted_exactly():
+    query = 'sum(funfleet_http_requests_total{job="funfleet_app",endpoint="/predict"})'
+
+    def settled():
+        first = instant(query).get("all", 0.0)
+        time.sleep(6)  # a scrape later (5 s in this scenario)
+        return (first,) if instant(query).get("all", 0.0) == first else None
+
+    (before,) = eventually(settled, what="a stable count")
+    for i in range(25):
+        assert predict(str(i % 10), base=LB_BASE).status_code == 200
+    eventually(lambda: instant(query).get("all") == before + 25, what=f"{before} + 25 predictions counted")
+
+
+def test_readiness_of_a_replaced_release_reads_0(tmp_path):
+    """A new release on the app host (the only one behind the balancer: a chain reload in
+    service); its old workers are gone, and Prometheus reads version 1 at 0, version 2 at 1."""
+    release = tmp_path / "digits-2"
+    cut = [sys.executable, str(ROOT / "scripts" / "cut-release"), str(ROOT / "files" / "models" / "digits" / "1")]
+    subprocess.run([*cut, "2", "--out", str(release)], check=True, capture_output=True, timeout=60)
+    result = playbook("deploy.yml", "-e", f"app_release_model_src={release}")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert wait_ready(LB_BASE)["version"] == "2"
+
+    def switched():
+        ready = prometheus("/api/v1/query", f'funfleet_model_ready{{host="{APP}"}}')["result"]
+        by_version = {r["metric"]["version"]: float(r["value"][1]) for r in ready}
+        return by_version if by_version == {"1": 0.0, "2": 1.0} else None
+
+    eventually(switched, what="version 1 at 0 and version 2 at 1")
+
+
+def test_a_stopped_app_fires_an_alert():
+    sh(APP, "systemctl", "stop", "funfleet")
+    try:
+
+        def firing():
+            alerts = prometheus("/api/v1/alerts")["alerts"]
+            return [
+                a
+                for a in alerts
+                if a["state"] == "firing"
+                and a["labels"]["alertname"] == "FunfleetTargetDown"
+                and a["labels"]["host"] == APP
+                and a["labels"]["job"] == "funfleet_app"
+            ]
+
+        (alert,) = eventually(firing, seconds=120, what="FunfleetTargetDown firing for the app")
+        assert alert["labels"]["severity"] == "critical"
+    finally:
+        sh(APP, "systemctl", "start", "funfleet")
+    wait_ready(LB_BASE, seconds=120)
+
+
+def test_exporters_answer_the_monitoring_host_only():
+    probe = (
+        "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3); print('connected')"
+    )
+    for port in ("9100", "9113"):
+        for host in (APP, LB):
+            from_monitor = sh(MONITOR, "python3", "-c", probe, address(host), port, check=False)
+            assert from_monitor.stdout.strip() == "connected", from_monitor.stderr
+            from_solo = sh(SOLO, "python3", "-c", probe, address(host), port, check=False)
+            assert from_solo.returncode == 1
+            assert "timed out" in from_solo.stderr  # UFW drops, it does not reject
+
+
+# The dashboard's GPU panel reads NVIDIA's DCGM exporter, which only GPU hosts run: its names
+# are checked against dcgm-exporter's default counters (default-counters.csv) instead.
+DCGM_DEFAULT_COUNTERS = {"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE", "DCGM_FI_DEV_GPU_TEMP"}
+
+
+def test_every_dashboard_query_reads_real_metrics():
+    """The Grafana dashboard's queries name only metrics this fleet's real app and exporters
+    export (as Prometheus scraped them here)."""
+    dashboard = json.loads((ROOT / "files" / "grafana" / "funfleet.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    exprs.append(dashboard["templating"]["list"][0]["query"]["query"])
+    named = {m for expr in exprs for m in re.findall(r"\b(?:funfleet|node|nginx|DCGM)_[A-Za-z0-9_:]+", expr)}
+    scraped = set(prometheus("/api/v1/label/__name__/values"))
+    assert named - DCGM_DEFAULT_COUNTERS <= scraped, sorted(named - DCGM_DEFAULT_COUNTERS - scraped)
+    assert named & DCGM_DEFAULT_COUNTERS <= DCGM_DEFAULT_COUNTERS
+    assert {
+        "funfleet_model_ready",
+        "funfleet_uwsgi_workers",
+        "nginx_connections_active",
+        "node_cpu_seconds_total",
+    } <= named

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetcheck import ROOT, Load, predict, sh, wait_ready
+from fleetcheck import ROOT, Load, playbook, predict, sh, wait_ready
 
 testinfra_hosts = ["funfleet-fleet-lb"]  # every test runs once; hosts are reached with docker exec
 
@@ -35,6 +35,12 @@ def readyz(container: str) -> dict:
     return json.loads(sh(container, "python3", "-c", code).stdout)
 
 
+def own_metrics(container: str) -> str:
+    """An app host's /metrics, read on the host itself (loopback may, the balancer may not)."""
+    code = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1/metrics', timeout=5).read().decode())"
+    return sh(container, "python3", "-c", code).stdout
+
+
 def master_pid(container: str) -> str:
     return sh(container, "systemctl", "show", "-p", "MainPID", "--value", "funfleet").stdout.strip()
 
@@ -46,14 +52,6 @@ def lb_state() -> dict[str, str]:
 
 def release_of(container: str) -> str:
     return sh(container, "readlink", "/opt/funfleet/current").stdout.strip().rsplit("/", 1)[1]
-
-
-def playbook(name: str, *extra: str) -> subprocess.CompletedProcess:
-    inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
-    binary = shutil.which("ansible-playbook") or str(Path(sys.executable).with_name("ansible-playbook"))
-    env = {**os.environ, "ANSIBLE_ROLES_PATH": str(ROOT / "roles"), "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}
-    cmd = [binary, "-i", str(inventory), str(ROOT / "playbooks" / name), *extra]
-    return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
 
 
 def recap(output: str) -> dict[str, tuple[int, int]]:
@@ -171,6 +169,12 @@ def test_rolling_deploy_of_a_new_model_version_drops_nothing(releases):
         assert body["release"] == release_of(app) != before[app]
         assert body["release"].startswith("digits-2-")
     assert lb_state() == dict.fromkeys(APPS, "serving")
+    for app in APPS:  # each host was restarted (drained): its metrics say v1 is gone, v2 ready
+        ready = {
+            labels: float(value)
+            for labels, value in re.findall(r"^funfleet_model_ready\{([^}]*)\} (\S+)$", own_metrics(app), re.M)
+        }
+        assert ready == {'model="digits",version="1"': 0.0, 'model="digits",version="2"': 1.0}, ready
     REPORT["rolling deploy v1->v2"] = (
         f"{took:.1f}s for {len(APPS)} hosts ({took / len(APPS):.1f}s/host); {load.summary()}"
     )

@@ -100,3 +100,22 @@ def test_app_unit_hardening_stays_within_bounds(host, name):
     score = float(re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out).group(1))
     # The GPU unit gives up PrivateDevices for the NVIDIA devices only; the CPU unit keeps all.
     assert score <= (2.5 if name == GPU else 2.0), out[-400:]
+
+
+def test_gpu_metrics_are_collected_and_scraped_on_the_gpu_host_only(host, name):
+    """What would be scraped: node exporter's textfile collector serves the GPU metrics that the
+    timer writes from nvidia-smi (here nvidia-smi is absent: the collector says so, up 0)."""
+    timer = host.service("funfleet-gpu-metrics.timer")
+    if name == CPU:
+        assert not host.file("/usr/local/sbin/funfleet-gpu-metrics").exists
+        assert not host.file("/etc/systemd/system/funfleet-gpu-metrics.timer").exists
+        return
+    assert timer.is_enabled
+    assert timer.is_running
+    assert "OnUnitActiveSec=15s" in host.file("/etc/systemd/system/funfleet-gpu-metrics.timer").content_string
+    host.run("systemctl start funfleet-gpu-metrics.service")
+    scraped = host.check_output(
+        "python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:9100/metrics').read().decode())\""
+    )
+    assert "funfleet_gpu_metrics_up 0" in scraped
+    assert "# TYPE DCGM_FI_DEV_GPU_TEMP gauge" in scraped

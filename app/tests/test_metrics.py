@@ -1,0 +1,172 @@
+"""Metrics that tell the truth across worker processes: a worker that is gone stops counting as
+ready (its gauges read 0, its counters stay), and uWSGI's stats reach /metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+from conftest import APP_DIR
+
+WORKER = textwrap.dedent(
+    """
+    import os, sys
+    from inference import metrics
+    metrics.start_worker()
+    metrics.MODEL_READY.labels("digits", sys.argv[1]).set(1)
+    metrics.RELEASE.labels("digits-" + sys.argv[1] + "-abc", "digits", sys.argv[1]).set(1)
+    metrics.REQUESTS.labels("/predict", "POST", "200").inc(int(sys.argv[2]))
+    metrics.LATENCY.labels("/predict", "200").observe(0.01)
+    metrics.BATCH.observe(1)
+    if len(sys.argv) > 3:
+        sys.stdout.write(metrics.render()[0].decode())
+    """
+)
+
+
+def worker(directory: Path, version: str, requests: int, render: bool = False) -> str:
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    env.pop("FUNFLEET_UWSGI_STATS", None)
+    argv = [sys.executable, "-c", WORKER, version, str(requests)] + (["render"] if render else [])
+    return subprocess.run(argv, env=env, cwd=APP_DIR, capture_output=True, text=True, check=True, timeout=60).stdout
+
+
+def value(text: str, line_start: str) -> float:
+    (line,) = [line for line in text.splitlines() if line.startswith(line_start)]
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_a_replaced_worker_no_longer_reads_ready(tmp_path):
+    worker(tmp_path, "1", 5)  # an old worker: served v1, then exited without any exit hook
+    text = worker(tmp_path, "2", 3, render=True)  # its successor, on v2
+    assert value(text, 'funfleet_model_ready{model="digits",version="1"}') == 0
+    assert value(text, 'funfleet_model_ready{model="digits",version="2"}') == 1
+    assert value(text, 'funfleet_release_info{model="digits",release="digits-1-abc",version="1"}') == 0
+    assert value(text, 'funfleet_release_info{model="digits",release="digits-2-abc",version="2"}') == 1
+    # Counters and histograms keep what the gone worker counted, and the live one's own count.
+    assert value(text, 'funfleet_http_requests_total{endpoint="/predict",method="POST",status="200"}') == 8
+    assert value(text, "funfleet_inference_batch_size_count ") == 2
+    assert value(text, 'funfleet_http_request_duration_seconds_count{endpoint="/predict",status="200"}') == 2
+
+
+def test_gone_workers_fold_into_one_archive_per_type(tmp_path):
+    """However many workers come and go, the folder holds the live ones' files and the archives."""
+    for i in range(5):
+        worker(tmp_path, str(i % 2 + 1), 2)
+    text = worker(tmp_path, "3", 1, render=True)
+    assert value(text, 'funfleet_http_requests_total{endpoint="/predict",method="POST",status="200"}') == 11
+    assert value(text, 'funfleet_model_ready{model="digits",version="1"}') == 0
+    assert value(text, 'funfleet_model_ready{model="digits",version="2"}') == 0
+    assert value(text, 'funfleet_model_ready{model="digits",version="3"}') == 1
+    names = sorted(path.name for path in tmp_path.glob("*.db"))
+    # The renderer's own files (it has exited) remain until the next scrape folds them.
+    assert [n for n in names if "archive" in n] == [
+        "counter_archive.db",
+        "gauge_max_archive.db",
+        "histogram_archive.db",
+    ]
+    assert len({name.rsplit("_", 1)[1] for name in names if "archive" not in name}) == 1, names
+
+
+def test_a_reused_pid_starts_clean(tmp_path):
+    from inference import metrics
+
+    worker(tmp_path, "1", 1)
+    (stale,) = tmp_path.glob("gauge_max_[0-9]*.db")
+    pid = int(stale.stem.rsplit("_", 1)[1])
+    assert metrics.retire_workers(tmp_path, {pid}) == [pid]
+    assert metrics.retire_workers(tmp_path) == []  # nothing left to retire
+    text = worker(tmp_path, "2", 0, render=True)
+    assert value(text, 'funfleet_model_ready{model="digits",version="1"}') == 0
+    assert value(text, 'funfleet_http_requests_total{endpoint="/predict",method="POST",status="200"}') == 1
+
+
+def fake_uwsgi_stats(path: Path, stats: dict) -> threading.Thread:
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        conn.sendall(json.dumps(stats).encode())
+        conn.close()
+        server.close()
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_uwsgi_stats_reach_the_metrics(tmp_path):
+    """The stats socket's JSON as uWSGI 2.0 writes it (abridged)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from inference.metrics import UwsgiStats
+
+    stats = {
+        "listen_queue": 3,
+        "listen_queue_errors": 7,
+        "sockets": [{"name": "/run/funfleet/app.sock", "queue": 3, "max_queue": 512}],
+        "workers": [
+            {"id": 1, "status": "busy", "rss": 600_000_000},
+            {"id": 2, "status": "idle", "rss": 0},
+            {"id": 3, "status": "busy", "rss": 610_000_000},
+        ],
+    }
+    sock = tmp_path / "stats.sock"
+    thread = fake_uwsgi_stats(sock, stats)
+    registry = CollectorRegistry()
+    registry.register(UwsgiStats(str(sock)))
+    text = generate_latest(registry).decode()
+    thread.join(timeout=5)
+    assert value(text, "funfleet_uwsgi_stats_up ") == 1
+    assert value(text, "funfleet_uwsgi_listen_queue ") == 3
+    assert value(text, "funfleet_uwsgi_listen_queue_size ") == 512
+    assert value(text, "funfleet_uwsgi_listen_queue_errors_total ") == 7
+    assert value(text, 'funfleet_uwsgi_workers{status="busy"}') == 2
+    assert value(text, 'funfleet_uwsgi_workers{status="idle"}') == 1
+    assert value(text, 'funfleet_uwsgi_worker_rss_bytes{worker="3"}') == 610_000_000
+    assert 'worker="2"' not in text  # no RSS reported for it
+
+
+def test_no_stats_socket_reads_down(tmp_path):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from inference.metrics import UwsgiStats
+
+    registry = CollectorRegistry()
+    registry.register(UwsgiStats(str(tmp_path / "absent.sock")))
+    text = generate_latest(registry).decode()
+    assert value(text, "funfleet_uwsgi_stats_up ") == 0
+    assert "funfleet_uwsgi_listen_queue " not in text
+
+
+def test_host_state_reports_the_drain_and_the_release_volume(tmp_path):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from inference.metrics import HostState
+
+    drain = tmp_path / "drained"
+    registry = CollectorRegistry()
+    registry.register(HostState(str(drain), str(tmp_path)))
+    text = generate_latest(registry).decode()
+    assert value(text, "funfleet_drained ") == 0
+    assert value(text, "funfleet_drained_since_timestamp_seconds ") == 0
+    assert 0 < value(text, "funfleet_release_volume_avail_bytes ") <= value(text, "funfleet_release_volume_size_bytes ")
+    drain.write_text("drained\n")
+    os.utime(drain, (1_700_000_000, 1_700_000_000))
+    text = generate_latest(registry).decode()
+    assert value(text, "funfleet_drained ") == 1
+    assert value(text, "funfleet_drained_since_timestamp_seconds ") == 1.7e9
+
+
+def test_metrics_endpoint_reports_the_host_state(client):
+    text = client.get("/metrics").get_data(as_text=True)
+    assert "funfleet_release_volume_avail_bytes " in text
+    assert "funfleet_drained " not in text  # the tests' app has no drain file set
