@@ -118,4 +118,7 @@ def test_gpu_metrics_are_collected_and_scraped_on_the_gpu_host_only(host, name):
         "python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:9100/metrics').read().decode())\""
     )
     assert "funfleet_gpu_metrics_up 0" in scraped
-    assert "# TYPE DCGM_FI_DEV_GPU_TEMP gauge" in scraped
+    # The DCGM-named families are written, empty without a GPU (node exporter serves only samples).
+    written = host.file("/var/lib/prometheus/node-exporter/funfleet_gpu.prom").content_string
+    assert "# TYPE DCGM_FI_DEV_GPU_TEMP gauge" in written
+    assert "# TYPE DCGM_FI_DEV_FB_USED gauge" in written
