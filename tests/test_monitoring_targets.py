@@ -6,14 +6,12 @@ it, reach its exporters."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
-from conftest import ROOT
+from conftest import ansible_playbook
 
 
 def render(tmp: Path, apps: dict[str, str]) -> tuple[dict, dict]:
@@ -32,16 +30,7 @@ def render(tmp: Path, apps: dict[str, str]) -> tuple[dict, dict]:
     inventory.write_text(yaml.safe_dump(hosts))
     out = tmp / "out"
     out.mkdir()
-    playbook = Path(sys.executable).with_name("ansible-playbook")
-    result = subprocess.run(
-        [str(playbook), "-i", str(inventory), "tests/monitoring/render.yml", "-e", f"out={out}"],
-        cwd=ROOT,
-        env={**os.environ, "ANSIBLE_ROLES_PATH": str(ROOT / "roles"), "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = ansible_playbook("-i", str(inventory), "tests/monitoring/render.yml", "-e", f"out={out}")
     assert result.returncode == 0, result.stdout[-3000:]
     config = yaml.safe_load((out / "prometheus.yml").read_text())
     rules = {path.stem: json.loads(path.read_text()) for path in out.glob("*.json")}

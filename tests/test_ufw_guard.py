@@ -4,27 +4,16 @@ sees it) is outside ufw_ssh_admin_networks, and lets it through when inside."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ansible_playbook
 
 
 def guard(address: str, networks: list[str]) -> subprocess.CompletedProcess:
-    playbook = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
     extra = {"ufw_controller_address": address, "ufw_ssh_admin_networks": networks}
-    return subprocess.run(
-        [playbook, "-i", "localhost,", "tests/ufw_guard/guard.yml", "-e", json.dumps(extra)],
-        cwd=ROOT,
-        env={**os.environ, "ANSIBLE_ROLES_PATH": str(ROOT / "roles"), "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return ansible_playbook("-i", "localhost,", "tests/ufw_guard/guard.yml", "-e", json.dumps(extra))
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """Prometheus metrics that stay correct under several uWSGI workers.
 
 With ``PROMETHEUS_MULTIPROC_DIR`` set (the uWSGI unit sets it to a directory under its
-RuntimeDirectory, emptied at every start), each worker writes its own files and ``/metrics``
+RuntimeDirectory, emptied when the service stops), each worker writes its own files and ``/metrics``
 sums them with the multiprocess collector. Without it, the process registry is used.
 
 Workers die without running exit hooks (uWSGI's ``skip-atexit``), so nothing tells the files a
@@ -10,8 +10,8 @@ archive per type (``retire_workers``): counters keep their totals, and readiness
 gauges keep their series at 0. So after a chain reload, a respawn or a restart (the unit keeps
 the folder across restarts), readiness of the release the old workers served reads 0, not 1,
 and the folder does not grow with every worker that ever ran. A new worker whose pid was used
-before retires that pid's files before it writes any. ``/metrics`` also reports uWSGI's listen queue and busy
-workers from its stats socket (``FUNFLEET_UWSGI_STATS``).
+before retires that pid's gauges before it sets any. ``/metrics`` also reports uWSGI's listen
+queue and busy workers from its stats socket (``FUNFLEET_UWSGI_STATS``).
 """
 
 from __future__ import annotations
