@@ -58,6 +58,12 @@ MODEL_READY = Gauge(
     ["model", "version"],
     multiprocess_mode="max",
 )
+MODEL_MEMORY = Gauge(
+    "funfleet_model_memory_bytes",
+    "Resident memory a live worker gained loading and warming this model version",
+    ["model", "version"],
+    multiprocess_mode="livemax",
+)
 RELEASE = Gauge(
     "funfleet_release_info",
     "1 for the release a live worker serves (its release id); 0 once none does",

@@ -11,7 +11,9 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .release import InputSpec
+from .release import InputSpec, TensorSpec
+
+Spec = InputSpec | TensorSpec
 
 
 class InputError(ValueError):
@@ -91,18 +93,39 @@ def decode_b64_image(value: object, spec: InputSpec, max_pixels: int) -> np.ndar
     return decode_image(raw, spec, max_pixels)
 
 
-def tensor_batch(instances: object, spec: InputSpec, max_pixels: int, max_batch: int) -> np.ndarray:
-    """Build a batch from TF Serving ``instances``: nested lists, ``{"b64": ...}`` or ``{input: ...}``."""
+def feature_row(value: object, spec: TensorSpec) -> np.ndarray:
+    """One instance of a tensor model: its features by name (``{"name": number, ...}``, when the
+    release names them) or a nested list of the input's shape."""
+    if isinstance(value, dict):
+        if not spec.features:
+            raise InputError("invalid_instance", "this model's features have no names; send a list of numbers")
+        missing = [f for f in spec.features if f not in value]
+        unknown = sorted(set(value) - set(spec.features))
+        if missing or unknown:
+            raise InputError(
+                "invalid_features",
+                f"expected the features {list(spec.features)}; missing {missing}, unknown {unknown}",
+            )
+        return _numeric([value[f] for f in spec.features], spec, "features")
+    return _numeric(value, spec, "instance")
+
+
+def tensor_batch(instances: object, spec: Spec, max_pixels: int, max_batch: int) -> np.ndarray:
+    """Build a batch from TF Serving ``instances``: nested lists, ``{"b64": ...}`` (image models),
+    named features (tensor models that name them) or ``{input: ...}``."""
     if not isinstance(instances, list) or not instances:
         raise InputError("invalid_request", '"instances" must be a non-empty list')
     if len(instances) > max_batch:
         raise InputError("batch_too_large", f"at most {max_batch} instances per request, got {len(instances)}")
     rows = []
     for i, item in enumerate(instances):
+        if spec.kind == "tensor" and isinstance(item, dict) and spec.features and len(item) > 1:
+            rows.append(feature_row(item, spec))
+            continue
         # The model has one input, so {"<input name>": value} is the same as value.
         value = next(iter(item.values())) if isinstance(item, dict) and len(item) == 1 and "b64" not in item else item
         if isinstance(value, dict):
-            if set(value) != {"b64"}:
+            if spec.kind != "image" or set(value) != {"b64"}:
                 raise InputError("invalid_instance", f'instance {i}: expected a nested list or {{"b64": "..."}}')
             rows.append(decode_b64_image(value["b64"], spec, max_pixels))
         else:
@@ -110,20 +133,28 @@ def tensor_batch(instances: object, spec: InputSpec, max_pixels: int, max_batch:
     return np.stack(rows)
 
 
-def columnar_batch(inputs: object, spec: InputSpec, max_pixels: int, max_batch: int) -> np.ndarray:
-    """TF Serving's columnar ``inputs``: a tensor, or ``{input: tensor}``."""
+def columnar_batch(inputs: object, spec: Spec, max_pixels: int, max_batch: int) -> np.ndarray:
+    """TF Serving's columnar ``inputs``: a tensor, or ``{input: tensor}``; for tensor models that
+    name their features, also ``{feature: [values...], ...}``."""
+    if spec.kind == "tensor" and isinstance(inputs, dict) and spec.features and len(inputs) > 1:
+        if set(inputs) != set(spec.features):
+            raise InputError("invalid_features", f"expected the features {list(spec.features)}")
+        columns = [_as_float_array(inputs[f], f"inputs.{f}") for f in spec.features]
+        if any(c.ndim != 1 or len(c) != len(columns[0]) for c in columns):
+            raise InputError("invalid_shape", "each feature needs a list of one value per instance, all as long")
+        inputs = np.stack(columns, axis=1)
     if isinstance(inputs, dict):
         if len(inputs) != 1:
             raise InputError("invalid_inputs", "the model has a single input")
         inputs = next(iter(inputs.values()))
-    if isinstance(inputs, dict) and set(inputs) == {"b64"}:
+    if spec.kind == "image" and isinstance(inputs, dict) and set(inputs) == {"b64"}:
         return decode_b64_image(inputs["b64"], spec, max_pixels)[None]
     if isinstance(inputs, list) and inputs and all(isinstance(x, dict) for x in inputs):
         return tensor_batch(inputs, spec, max_pixels, max_batch)
     arr = _as_float_array(inputs, "inputs")
     if arr.shape == spec.shape:
         arr = arr[None]
-    if arr.ndim != 4 or arr.shape[1:] != spec.shape:
+    if arr.ndim != len(spec.shape) + 1 or arr.shape[1:] != spec.shape:
         expected = ", ".join(map(str, spec.shape))
         raise InputError("invalid_shape", f"inputs: expected shape [N, {expected}], got {list(arr.shape)}")
     if arr.shape[0] > max_batch:
@@ -131,7 +162,7 @@ def columnar_batch(inputs: object, spec: InputSpec, max_pixels: int, max_batch: 
     return arr
 
 
-def _numeric(item: object, spec: InputSpec, where: str) -> np.ndarray:
+def _numeric(item: object, spec: Spec, where: str) -> np.ndarray:
     arr = _as_float_array(item, where)
     if arr.shape != spec.shape:
         raise InputError("invalid_shape", f"{where}: expected shape {list(spec.shape)}, got {list(arr.shape)}")

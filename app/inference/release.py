@@ -1,7 +1,11 @@
 """A model release on disk: ``model.keras``, ``labels.json`` and ``metadata.json``.
 
-The metadata records how inputs must be prepared (size, colour mode, value scaling) and the
-sha256 of the model file, which is checked before the model is ever deserialised.
+The metadata records what the model takes and how inputs must be prepared, and the sha256 of
+the model file, which is checked before the model is ever deserialised. Two kinds of input:
+
+- ``image`` (the default): an encoded image, decoded to ``height x width x channels`` and scaled;
+- ``tensor``: numbers of a fixed ``shape`` per instance (tabular features, raw tensors), with
+  optional ``features`` naming the entries of a 1-D input so clients may send them by name.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ class ReleaseError(Exception):
 
 @dataclass(frozen=True)
 class InputSpec:
+    """An image input."""
+
+    kind = "image"
     height: int
     width: int
     color_mode: str = "rgb"
@@ -43,12 +50,51 @@ class InputSpec:
 
 
 @dataclass(frozen=True)
+class TensorSpec:
+    """A numeric input of a fixed shape per instance."""
+
+    kind = "tensor"
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    features: tuple[str, ...] = ()
+
+
+DTYPES = {"float32", "float64", "int32", "int64"}
+
+
+def read_input_spec(raw: dict) -> InputSpec | TensorSpec:
+    kind = raw.get("kind", "image")
+    fields_ = {k: v for k, v in raw.items() if k != "kind"}
+    if kind == "tensor":
+        spec = TensorSpec(
+            shape=tuple(int(d) for d in fields_["shape"]),
+            dtype=str(fields_.get("dtype", "float32")),
+            features=tuple(str(f) for f in fields_.get("features", ())),
+        )
+        if spec.dtype not in DTYPES or not spec.shape or min(spec.shape) < 1:
+            raise ReleaseError(f"tensor input needs a shape of positive sizes and a dtype in {sorted(DTYPES)}")
+        if spec.features and (len(spec.shape) != 1 or len(spec.features) != spec.shape[0]):
+            raise ReleaseError("features name the entries of a 1-D input: one name per entry")
+        return spec
+    if kind != "image":
+        raise ReleaseError(f"unknown input kind {kind!r}")
+    spec = InputSpec(**{**fields_, "background": tuple(fields_.get("background", (255, 255, 255)))})
+    if spec.color_mode not in COLOR_MODES:
+        raise ReleaseError(f"unknown color_mode {spec.color_mode!r}")
+    return spec
+
+
+def describe_input(spec: InputSpec | TensorSpec) -> dict:
+    return {"kind": spec.kind, **asdict(spec), "shape": list(spec.shape)}
+
+
+@dataclass(frozen=True)
 class Release:
     path: Path
     name: str
     version: str
     labels: tuple[str, ...]
-    input: InputSpec
+    input: InputSpec | TensorSpec
     sha256: str
     top_k: int = 3
     extra: dict = field(default_factory=dict)
@@ -62,7 +108,7 @@ class Release:
             "name": self.name,
             "version": self.version,
             "labels": list(self.labels),
-            "input": {**asdict(self.input), "shape": list(self.input.shape)},
+            "input": describe_input(self.input),
             "sha256": self.sha256,
             "top_k": self.top_k,
             **self.extra,
@@ -85,9 +131,7 @@ def read_release(path: str | Path, verify: bool = True) -> Release:
     except (OSError, ValueError) as exc:
         raise ReleaseError(f"cannot read release at {root}: {exc}") from exc
     try:
-        spec = InputSpec(**{**meta["input"], "background": tuple(meta["input"].get("background", (255, 255, 255)))})
-        if spec.color_mode not in COLOR_MODES:
-            raise ReleaseError(f"unknown color_mode {spec.color_mode!r}")
+        spec = read_input_spec(meta["input"])
         known = {"name", "version", "input", "sha256", "top_k"}
         release = Release(
             path=root,
@@ -123,14 +167,14 @@ def read_release_id(model_dir: str | Path) -> str | None:
 
 
 def write_release_metadata(
-    root: Path, *, name: str, version: str, labels: list[str], spec: InputSpec, top_k: int, extra: dict
+    root: Path, *, name: str, version: str, labels: list[str], spec: InputSpec | TensorSpec, top_k: int, extra: dict
 ) -> Release:
     """Write labels and metadata beside an existing ``model.keras``; returns the verified release."""
     (root / LABELS_FILE).write_text(json.dumps(labels) + "\n")
     meta = {
         "name": name,
         "version": version,
-        "input": asdict(spec),
+        "input": {**({"kind": "tensor"} if spec.kind == "tensor" else {}), **asdict(spec)},
         "top_k": top_k,
         "sha256": file_sha256(root / MODEL_FILE),
         **extra,

@@ -1,7 +1,8 @@
-"""The model runtime: load a release once per process, compile one batched call, warm it up.
+"""The model runtime: load every declared model version once per process, compile one batched
+call for each, warm it up, and serve them by name and version.
 
-Everything that runs the model goes through :meth:`ModelRuntime.predict_batch`, so that
-concurrent requests can later be coalesced into one batch the way TF Serving does it.
+Everything that runs a model goes through :meth:`ServedModel.predict`, the one batched entry
+point every endpoint and protocol shares.
 """
 
 from __future__ import annotations
@@ -10,16 +11,55 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
 from . import metrics
 from .config import Settings
+from .models import Declared, discover, version_key
 from .release import Release, ReleaseError, read_release, read_release_id
 
 log = logging.getLogger(__name__)
+
+# dtype name -> (KServe v2 datatype, TF Serving DataType)
+DTYPES = {
+    "float32": ("FP32", "DT_FLOAT"),
+    "float64": ("FP64", "DT_DOUBLE"),
+    "float16": ("FP16", "DT_HALF"),
+    "int32": ("INT32", "DT_INT32"),
+    "int64": ("INT64", "DT_INT64"),
+    "uint8": ("UINT8", "DT_UINT8"),
+    "bool": ("BOOL", "DT_BOOL"),
+    "string": ("BYTES", "DT_STRING"),
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One input or output of a model's signature, as the model itself names and shapes it
+    (-1: any size, the batch dimension first)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def datatype(self) -> str:
+        return DTYPES.get(self.dtype, ("BYTES", ""))[0]
+
+    @property
+    def tf_dtype(self) -> str:
+        return DTYPES.get(self.dtype, ("", "DT_INVALID"))[1]
+
+
+@dataclass(frozen=True)
+class Signature:
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
 
 
 @dataclass
@@ -32,62 +72,126 @@ class LoadInfo:
     keras: str
 
 
+class ServedModel:
+    """One loaded model version: its release, signature and compiled call."""
+
+    def __init__(self, release: Release, signature: Signature, fn: Callable, tf: ModuleType, memory_bytes: int) -> None:
+        self.release = release
+        self.signature = signature
+        self.memory_bytes = memory_bytes
+        self._fn = fn
+        self._tf = tf
+        self._dtype = getattr(tf, signature.inputs[0].dtype)
+
+    @property
+    def name(self) -> str:
+        return self.release.name
+
+    @property
+    def version(self) -> str:
+        return self.release.version
+
+    def predict(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Run the model on a batch of ``[N, *input shape]``; one array per output, in the
+        signature's order, each with N rows."""
+        return [t.numpy() for t in self._fn(self._tf.constant(batch, dtype=self._dtype))]
+
+
+class ModelNotFound(LookupError):
+    def __init__(self, name: str, version: str | None) -> None:
+        super().__init__(name, version)
+        self.name, self.version = name, version
+
+
 class ModelRuntime:
+    """Every model version the host serves. Ready when all of them are loaded and warm."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.release: Release | None = None
+        self.models: dict[str, dict[str, ServedModel]] = {}
         self.release_id: str | None = None
         self.info: LoadInfo | None = None
         self.error: str | None = None
-        self._fn = None
+        self.declared: list[Declared] = []
+        self._ready = False
         self._lock = threading.Lock()
 
     @property
     def ready(self) -> bool:
-        return self._fn is not None
+        return self._ready
+
+    @property
+    def default_name(self) -> str | None:
+        return next(iter(self.models), None)
+
+    @property
+    def release(self) -> Release | None:
+        """The default model's latest release."""
+        name = self.default_name
+        return None if name is None else self.get(name).release
+
+    def versions(self, name: str) -> list[str]:
+        """The versions of a model served, oldest first."""
+        if name not in self.models:
+            raise ModelNotFound(name, None)
+        return sorted(self.models[name], key=version_key)
+
+    def get(self, name: str | None = None, version: str | None = None) -> ServedModel:
+        """A model by name (default: the first declared), at a version (default: its latest)."""
+        name = name or self.default_name or ""
+        by_version = self.models.get(name)
+        if not by_version:
+            raise ModelNotFound(name, version)
+        if version is None:
+            return by_version[self.versions(name)[-1]]
+        if version not in by_version:
+            raise ModelNotFound(name, version)
+        return by_version[version]
+
+    def all(self) -> list[ServedModel]:
+        return [self.models[name][v] for name in self.models for v in self.versions(name)]
 
     def load(self) -> None:
-        """Read, verify, compile and warm the model. Must run after uWSGI forks (lazy-apps)."""
+        """Read, verify, compile and warm every declared model. Must run after uWSGI forks (lazy-apps)."""
         with self._lock:
-            if self._fn is not None:
+            if self._ready:
                 return
             started = time.monotonic()
+            warmup = 0.0
+            current: Declared | None = None
             try:
-                release = read_release(self.settings.model_dir)
-                release_id = read_release_id(self.settings.model_dir)
+                self.declared = discover(self.settings.model_dir)
+                self.release_id = read_release_id(self.settings.model_dir)
                 tf, keras = _import_tensorflow(self.settings)
-                model = keras.saving.load_model(release.model_file, compile=False)
-                spec = tf.TensorSpec([None, *release.input.shape], tf.float32)
-                # The concrete function of the one signature: a call skips tf.function's argument
-                # binding and trace-cache lookup (0.40 ms instead of 0.60 ms a call at batch 1).
-                fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
-                loaded = time.monotonic()
-                for size in self.settings.warmup_batch_sizes:
-                    fn(tf.zeros([size, *release.input.shape], tf.float32)).numpy()
+                for current in self.declared:
+                    served, seconds = _load_one(tf, keras, current, self.settings.warmup_batch_sizes)
+                    warmup += seconds
+                    self.models.setdefault(served.name, {})[served.version] = served
                 device = _device_of(tf)
-            except ReleaseError as exc:
-                self.error = str(exc)
-                raise
             except Exception as exc:  # keep the worker alive; /readyz reports why
-                self.error = f"{type(exc).__name__}: {exc}"
+                where = f"{current.name}:{current.version}: " if current is not None else ""
+                prefix = "" if isinstance(exc, ReleaseError) else f"{type(exc).__name__}: "
+                self.error = f"{where}{prefix}{exc}"
+                self.models = {}
                 raise
-            self.release = release
-            self.release_id = release_id
-            self._tf = tf
-            self._fn = fn
             done = time.monotonic()
             self.info = LoadInfo(
                 loaded_at=time.time(),
-                load_seconds=round(loaded - started, 3),
-                warmup_seconds=round(done - loaded, 3),
+                load_seconds=round(done - started - warmup, 3),
+                warmup_seconds=round(warmup, 3),
                 device=device,
                 tensorflow=tf.__version__,
                 keras=keras.__version__,
             )
             self.error = None
-            metrics.MODEL_READY.labels(release.name, release.version).set(1)
-            metrics.RELEASE.labels(release_id or "", release.name, release.version).set(1)
-            log.info("model %s:%s ready on %s in %.1fs", release.name, release.version, device, done - started)
+            self._ready = True
+            for served in self.all():
+                metrics.MODEL_READY.labels(served.name, served.version).set(1)
+                metrics.MODEL_MEMORY.labels(served.name, served.version).set(served.memory_bytes)
+            default = self.release
+            metrics.RELEASE.labels(self.release_id or "", default.name, default.version).set(1)
+            names = ", ".join(f"{m.name}:{m.version}" for m in self.all())
+            log.info("models %s ready on %s in %.1fs", names, device, done - started)
 
     def load_in_background(self) -> threading.Thread:
         def run() -> None:
@@ -101,10 +205,61 @@ class ModelRuntime:
         return thread
 
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
-        """Run the model on a float32 batch of ``[N, *input.shape]``; returns ``[N, classes]``."""
-        if self._fn is None:
-            raise RuntimeError("model not loaded")
-        return self._fn(self._tf.constant(batch, dtype=self._tf.float32)).numpy()
+        """The default model's first output for a batch (benchmarks and scripts)."""
+        return self.get().predict(batch)[0]
+
+
+def _load_one(tf: ModuleType, keras: ModuleType, declared: Declared, warmup_sizes: tuple[int, ...]):
+    before = resident_bytes()
+    release = read_release(declared.path)
+    if (release.name, release.version) != (declared.name, declared.version):
+        raise ReleaseError(
+            f"{declared.path} holds {release.name}:{release.version}, not {declared.name}:{declared.version}"
+        )
+    model = keras.saving.load_model(release.model_file, compile=False)
+    signature = signature_of(model)
+    if len(signature.inputs) != 1:
+        raise ReleaseError(f"{release.name} has {len(signature.inputs)} inputs; one is served")
+    if tuple(signature.inputs[0].shape[1:]) != tuple(release.input.shape):
+        raise ReleaseError(
+            f"the model takes {list(signature.inputs[0].shape[1:])}, the metadata says {list(release.input.shape)}"
+        )
+    dtype = getattr(tf, signature.inputs[0].dtype)
+    spec = tf.TensorSpec([None, *release.input.shape], dtype)
+    # The concrete function of the one signature: a call skips tf.function's argument binding and
+    # trace-cache lookup (0.40 ms instead of 0.60 ms a call at batch 1).
+    fn = tf.function(lambda x: tuple(tf.nest.flatten(model(x, training=False)))).get_concrete_function(spec)
+    warm_started = time.monotonic()
+    for size in warmup_sizes:
+        [t.numpy() for t in fn(tf.zeros([size, *release.input.shape], dtype))]
+    warmup = time.monotonic() - warm_started
+    served = ServedModel(release, signature, fn, tf, memory_bytes=max(0, resident_bytes() - before))
+    return served, warmup
+
+
+def signature_of(model: Any) -> Signature:
+    """The model's own input and output names, dtypes and shapes (Keras names outputs by layer)."""
+
+    def info(tensor: Any, name: str) -> TensorInfo:
+        shape = tuple(-1 if d is None else int(d) for d in tensor.shape)
+        return TensorInfo(name=name, dtype=str(tensor.dtype), shape=shape)
+
+    inputs = tuple(info(t, t.name) for t in model.inputs)
+    outputs = []
+    for i, t in enumerate(model.outputs):
+        history = getattr(t, "_keras_history", None)
+        layer = getattr(history, "operation", None) if history is not None else None
+        outputs.append(info(t, getattr(layer, "name", None) or f"output_{i}"))
+    return Signature(inputs, tuple(outputs))
+
+
+def resident_bytes(pid: int | str = "self") -> int:
+    """Resident memory of a process (Linux), 0 where /proc cannot tell."""
+    try:
+        with open(f"/proc/{pid}/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _import_tensorflow(settings: Settings):

@@ -100,23 +100,23 @@ def test_corrupted_image_body_is_415(client, samples):
         ({"b64": "x", "extra": 1}, "invalid_instance"),
     ],
 )
-def test_wrong_tensor_is_422(client, instance, code):
-    assert_error(client.post("/v1/models/digits:predict", json={"instances": [instance]}), 422, code)
+def test_wrong_tensor_is_400_as_in_tf_serving(client, instance, code):
+    assert_error(client.post("/v1/models/digits:predict", json={"instances": [instance]}), 400, code)
 
 
-def test_nan_is_422(client):
+def test_nan_is_400(client):
     row = [[[0.0] * 3] * 32] * 32
     row = json.loads(json.dumps(row).replace("0.0", "NaN", 1))
     body = json.dumps({"instances": [row]})
     response = client.post("/v1/models/digits:predict", data=body, content_type="application/json")
-    assert_error(response, 422, "invalid_value")
+    assert_error(response, 400, "invalid_value")
 
 
-def test_batch_limit_is_422(client, app):
+def test_batch_limit_is_400(client, app):
     limit = app.extensions["funfleet.settings"].max_batch
     b64 = base64.b64encode(encode(Image.new("RGB", (1, 1)), "PNG")).decode()
     body = {"instances": [{"b64": b64}] * (limit + 1)}
-    assert_error(client.post("/v1/models/digits:predict", json=body), 422, "batch_too_large")
+    assert_error(client.post("/v1/models/digits:predict", json=body), 400, "batch_too_large")
 
 
 def test_unknown_path_is_404(client):

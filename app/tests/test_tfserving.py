@@ -93,10 +93,11 @@ def test_unknown_model_status_is_404(client):
     assert client.get("/v1/models/digits/versions/2").status_code == 404
 
 
-def test_b64_of_a_non_image_is_415(client):
+def test_b64_of_a_non_image_is_400_as_in_tf_serving(client):
     body = {"instances": [{"b64": base64.b64encode(b"not an image").decode()}]}
     response = client.post("/v1/models/digits:predict", json=body)
-    assert response.status_code == 415
+    assert response.status_code == 400
+    assert response.get_json()["code"] == "unsupported_media"
 
 
 def test_grayscale_b64_image_works(client, samples):

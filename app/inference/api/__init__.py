@@ -9,7 +9,7 @@ from flask import Flask, current_app
 
 from .. import metrics
 from ..errors import ApiError
-from ..runtime import ModelRuntime
+from ..runtime import ModelNotFound, ModelRuntime, ServedModel
 
 
 def runtime() -> ModelRuntime:
@@ -23,18 +23,29 @@ def ready_runtime() -> ModelRuntime:
     return rt
 
 
-def infer(rt: ModelRuntime, batch: np.ndarray) -> np.ndarray:
-    """The one path from a prepared batch to probabilities, with its metrics."""
+def find_model(name: str | None, version: str | None = None) -> ServedModel:
+    """A served model version, or the API's 404 (protocols with their own 404 shape catch
+    ModelNotFound themselves)."""
+    try:
+        return ready_runtime().get(name, version)
+    except ModelNotFound as exc:
+        if exc.version is None:
+            raise ApiError(404, "model_not_found", f"no model named {exc.name!r} is served here") from exc
+        raise ApiError(404, "version_not_found", f"model {exc.name!r} has no version {exc.version!r} here") from exc
+
+
+def infer(model: ServedModel, batch: np.ndarray) -> list[np.ndarray]:
+    """The one path from a prepared batch to the model's outputs, with its metrics."""
     started = time.perf_counter()
-    probs = rt.predict_batch(batch)
+    outputs = model.predict(batch)
     metrics.INFERENCE.observe(time.perf_counter() - started)
     metrics.BATCH.observe(len(batch))
-    metrics.INSTANCES.labels(rt.release.name, rt.release.version).inc(len(batch))
-    return probs
+    metrics.INSTANCES.labels(model.name, model.version).inc(len(batch))
+    return outputs
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import health, predict, tfserving, ui
+    from . import health, kserve, predict, tfserving, ui
 
-    for module in (health, predict, tfserving, ui):
+    for module in (health, predict, tfserving, kserve, ui):
         app.register_blueprint(module.bp)

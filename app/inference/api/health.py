@@ -9,6 +9,7 @@ import socket
 from flask import Blueprint, Response, current_app, jsonify
 
 from .. import __version__, metrics
+from ..runtime import ServedModel, TensorInfo, resident_bytes
 from . import runtime
 
 bp = Blueprint("health", __name__)
@@ -32,7 +33,19 @@ def readyz():
         version=rt.release.version,
         device=rt.info.device,
         release=rt.release_id,
+        models=[{"name": name, "versions": rt.versions(name)} for name in rt.models],
     )
+
+
+def _describe(model: ServedModel) -> dict:
+    def tensors(infos: tuple[TensorInfo, ...]) -> list[dict]:
+        return [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in infos]
+
+    return {
+        **model.release.describe(),
+        "signature": {"inputs": tensors(model.signature.inputs), "outputs": tensors(model.signature.outputs)},
+        "memory_bytes": model.memory_bytes,
+    }
 
 
 @bp.get("/metadata")
@@ -42,7 +55,8 @@ def metadata():
         "service": {"name": "funfleet", "version": __version__, "host": socket.gethostname(), "pid": os.getpid()},
         "runtime": {"python": platform.python_version()},
         "ready": rt.ready,
-        "model": rt.release.describe() if rt.release else None,
+        "model": _describe(rt.get()) if rt.ready else None,
+        "models": [_describe(m) for m in rt.all()],
         "release": rt.release_id,
     }
     if rt.info:
@@ -53,6 +67,7 @@ def metadata():
             load_seconds=rt.info.load_seconds,
             warmup_seconds=rt.info.warmup_seconds,
         )
+    body["runtime"]["resident_bytes"] = resident_bytes()
     if rt.error:
         body["error"] = rt.error
     return jsonify(body)

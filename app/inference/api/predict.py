@@ -1,32 +1,67 @@
-"""``POST /predict``: one uploaded image in, the top-k labels out."""
+"""``POST /predict``: one instance in (an uploaded image, or a tabular model's features as
+JSON), the top-k labels out. ``?model=<name>`` (or a multipart field ``model``) picks the model,
+``?version=<v>`` its version; the defaults are the first declared model and its latest version."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 from flask import Blueprint, jsonify, request
 
 from ..errors import ApiError
-from ..preprocess import decode_image
-from . import infer, ready_runtime
+from ..preprocess import decode_image, feature_row
+from ..runtime import ServedModel
+from . import find_model, infer
 
 bp = Blueprint("predict", __name__)
 
 
 @bp.post("/predict")
 def predict():
-    rt = ready_runtime()
-    settings = rt.settings
-    data = _image_bytes()
-    top_k = _top_k(len(rt.release.labels), rt.release.top_k)
-    batch = decode_image(data, rt.release.input, settings.max_image_pixels)[None]
-    probs = infer(rt, batch)[0]
+    model = find_model(_field("model"), _field("version"))
+    release = model.release
+    if not release.labels:
+        raise ApiError(400, "not_a_classifier", f"{model.name} has no labels; use /v1/models/{model.name}:predict")
+    top_k = _top_k(len(release.labels), release.top_k)
+    if release.input.kind == "image":
+        batch = decode_image(_image_bytes(), release.input, model_settings().max_image_pixels)[None]
+    else:
+        batch = feature_row(_json_body(), release.input)[None]
+    probs = infer(model, batch)[0][0]
+    return jsonify(**ranked(model, probs, top_k))
+
+
+def ranked(model: ServedModel, probs: np.ndarray, top_k: int) -> dict:
     order = np.argsort(probs)[::-1][:top_k]
-    labels = rt.release.labels
-    return jsonify(
-        best_prediction=labels[int(order[0])],
-        predictions=[{"label": labels[int(i)], "probability": float(probs[i])} for i in order],
-        model={"name": rt.release.name, "version": rt.release.version},
-    )
+    labels = model.release.labels
+    return {
+        "best_prediction": labels[int(order[0])],
+        "predictions": [{"label": labels[int(i)], "probability": float(probs[i])} for i in order],
+        "model": {"name": model.name, "version": model.version},
+    }
+
+
+def model_settings():
+    from . import runtime
+
+    return runtime().settings
+
+
+def _field(name: str) -> str | None:
+    value = request.args.get(name)
+    if value is None and request.mimetype == "multipart/form-data":
+        value = request.form.get(name)
+    return value or None
+
+
+def _json_body() -> object:
+    if request.mimetype != "application/json":
+        raise ApiError(415, "unsupported_media", "this model takes its features as application/json")
+    try:
+        return json.loads(request.get_data(cache=False) or b"null")
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from exc
 
 
 def _image_bytes() -> bytes:

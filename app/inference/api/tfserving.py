@@ -1,8 +1,11 @@
 """TF Serving's REST API, so that a client written for TF Serving works unchanged.
 
-GET  /v1/models/<name>[/versions/<v>]            model status
-GET  /v1/models/<name>[/versions/<v>]/metadata   signature
+GET  /v1/models/<name>[/versions/<v>]            model status (every version served, or one)
+GET  /v1/models/<name>[/versions/<v>]/metadata   the model's own signature
 POST /v1/models/<name>[/versions/<v>]:predict    {"instances": [...]} or {"inputs": ...}
+
+Errors answer as TF Serving does: ``{"error": "<message>"}``, 400 for any input the model cannot
+take, 404 for a model or version not served.
 """
 
 from __future__ import annotations
@@ -13,15 +16,19 @@ import re
 from flask import Blueprint, Response, request
 from werkzeug.exceptions import MethodNotAllowed
 
-from ..errors import ApiError
-from ..preprocess import columnar_batch, tensor_batch
-from ..release import Release
-from ..runtime import ModelRuntime
+from ..errors import ApiError, error_response
+from ..preprocess import InputError, columnar_batch, tensor_batch
+from ..runtime import ModelNotFound, ServedModel, TensorInfo
 from . import infer, ready_runtime
 
 bp = Blueprint("tfserving", __name__)
 
 _PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?:(?P<meta>/metadata)|:(?P<verb>[A-Za-z]+))?$")
+
+
+@bp.errorhandler(InputError)
+def _input_error(exc: InputError):
+    return error_response(400, exc.code, exc.message)
 
 
 @bp.route("/v1/models/<path:spec>", methods=["GET", "POST"])
@@ -36,55 +43,67 @@ def models(spec: str):
     if verb is not None and verb != "predict":
         raise ApiError(400, "unsupported_verb", f":{verb} is not served; this model answers :predict")
     rt = ready_runtime()
-    release = rt.release
-    if name != release.name:
-        raise ApiError(404, "model_not_found", f"Servable not found for request: Latest({name})")
-    if version is not None and version != release.version:
-        raise ApiError(404, "version_not_found", f"Servable not found for request: Specific({name}, {version})")
+    try:
+        model = rt.get(name, version)
+    except ModelNotFound as exc:
+        which = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
+        code = "version_not_found" if version is not None and name in rt.models else "model_not_found"
+        raise ApiError(404, code, f"Servable not found for request: {which}") from exc
     if verb == "predict":
-        return _predict(rt)
+        return _predict(model)
     if meta:
-        return _json(_metadata(release))
+        return _json(_metadata(model))
+    versions = [version] if version is not None else list(reversed(rt.versions(name)))
     return _json(
         {
             "model_version_status": [
-                {"version": release.version, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+                {"version": v, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+                for v in versions
             ]
         }
     )
 
 
-def _predict(rt: ModelRuntime) -> Response:
+def _predict(model: ServedModel) -> Response:
     try:
         body = json.loads(request.get_data(cache=False) or b"null")
     except (ValueError, RecursionError) as exc:
-        raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from exc
+        raise InputError("malformed_json", f"request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict) or ("instances" in body) == ("inputs" in body):
-        raise ApiError(400, "invalid_request", 'the body must be an object with exactly one of "instances" or "inputs"')
-    settings, spec = rt.settings, rt.release.input
+        raise InputError("invalid_request", 'the body must be an object with exactly one of "instances" or "inputs"')
+    settings = ready_runtime().settings
+    spec = model.release.input
+    names = [o.name for o in model.signature.outputs]
     if "instances" in body:
-        batch = tensor_batch(body["instances"], spec, settings.max_image_pixels, settings.max_batch)
-        return _json({"predictions": infer(rt, batch).tolist()})
-    batch = columnar_batch(body["inputs"], spec, settings.max_image_pixels, settings.max_batch)
-    return _json({"outputs": infer(rt, batch).tolist()})
+        outputs = infer(model, tensor_batch(body["instances"], spec, settings.max_image_pixels, settings.max_batch))
+        if len(outputs) == 1:
+            return _json({"predictions": outputs[0].tolist()})
+        rows = [{n: out[i].tolist() for n, out in zip(names, outputs, strict=True)} for i in range(len(outputs[0]))]
+        return _json({"predictions": rows})
+    outputs = infer(model, columnar_batch(body["inputs"], spec, settings.max_image_pixels, settings.max_batch))
+    if len(outputs) == 1:
+        return _json({"outputs": outputs[0].tolist()})
+    return _json({"outputs": {n: out.tolist() for n, out in zip(names, outputs, strict=True)}})
 
 
-def _metadata(release: Release) -> dict:
-    shape = [{"size": "-1"}] + [{"size": str(d)} for d in release.input.shape]
+def _tensor(info: TensorInfo, name: str) -> dict:
     return {
-        "model_spec": {"name": release.name, "signature_name": "", "version": release.version},
+        "dtype": info.tf_dtype,
+        "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in info.shape], "unknown_rank": False},
+        "name": name,
+    }
+
+
+def _metadata(model: ServedModel) -> dict:
+    signature = model.signature
+    return {
+        "model_spec": {"name": model.name, "signature_name": "", "version": model.version},
         "metadata": {
             "signature_def": {
                 "signature_def": {
                     "serving_default": {
-                        "inputs": {"input": {"dtype": "DT_FLOAT", "tensor_shape": {"dim": shape}, "name": "input"}},
-                        "outputs": {
-                            "output": {
-                                "dtype": "DT_FLOAT",
-                                "tensor_shape": {"dim": [{"size": "-1"}, {"size": str(len(release.labels))}]},
-                                "name": "output",
-                            }
-                        },
+                        "inputs": {t.name: _tensor(t, t.name) for t in signature.inputs},
+                        "outputs": {t.name: _tensor(t, t.name) for t in signature.outputs},
                         "method_name": "tensorflow/serving/predict",
                     }
                 }
