@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 import os
 import shutil
 import socket
@@ -21,6 +22,7 @@ from PIL import Image
 APP_DIR = Path(__file__).resolve().parents[1]
 ROOT = APP_DIR.parent
 MODEL_DIR = ROOT / "files" / "models" / "digits" / "1"
+IRIS_DIR = ROOT / "files" / "models" / "iris" / "1"
 SAMPLES = ROOT / "files" / "samples" / "digits"
 SAMPLES_INVERTED = ROOT / "files" / "samples" / "digits-inverted"
 
@@ -122,16 +124,57 @@ def uwsgi_command(address: str, log: Path) -> list[str]:
     ]
 
 
+def build_models_dir(root: Path) -> Path:
+    """A host's model folder as the app_release role lays it out: digits 1 (the default), and
+    iris 1 and 2 (2 cut from 1 by scripts/cut-release), with the manifest in declared order."""
+    models = root / "models"
+    shutil.copytree(MODEL_DIR, models / "digits" / "1")
+    shutil.copytree(IRIS_DIR, models / "iris" / "1")
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "cut-release"),
+            str(IRIS_DIR),
+            "2",
+            "--out",
+            str(models / "iris" / "2"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    manifest = {"models": [{"name": "digits", "versions": ["1"]}, {"name": "iris", "versions": ["1", "2"]}]}
+    (models / "models.json").write_text(json.dumps(manifest))
+    return models
+
+
 @pytest.fixture(scope="session")
-def uwsgi_server(tmp_path_factory) -> Iterator[str]:
-    """A real uWSGI: master, lazy-apps, 2 processes, HTTP on 127.0.0.1, multiprocess metrics."""
+def models_dir(tmp_path_factory) -> Path:
+    return build_models_dir(tmp_path_factory.mktemp("host"))
+
+
+@pytest.fixture(scope="session")
+def multi_app(models_dir):
+    from inference import create_app
+
+    return create_app({"model_dir": str(models_dir)})
+
+
+@pytest.fixture
+def multi_client(multi_app):
+    return multi_app.test_client()
+
+
+@pytest.fixture(scope="session")
+def uwsgi_server(tmp_path_factory, models_dir) -> Iterator[str]:
+    """A real uWSGI: master, lazy-apps, 2 processes, HTTP on 127.0.0.1, multiprocess metrics,
+    serving the digits model (the default) and two versions of the iris model."""
     port = free_port()
     metrics_dir = tmp_path_factory.mktemp("metrics")
     log = tmp_path_factory.mktemp("log") / "uwsgi.log"
     env = {
         **os.environ,
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-        "FUNFLEET_MODEL_DIR": str(MODEL_DIR),
+        "FUNFLEET_MODEL_DIR": str(models_dir),
     }
     cmd = uwsgi_command(f"127.0.0.1:{port}", log)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

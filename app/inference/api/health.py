@@ -33,8 +33,17 @@ def readyz():
         version=rt.release.version,
         device=rt.info.device,
         release=rt.release_id,
-        models=[{"name": name, "versions": rt.versions(name)} for name in rt.models],
+        models=[_summary(rt.get(name), rt.versions(name)) for name in rt.models],
     )
+
+
+def _summary(model: ServedModel, versions: list[str]) -> dict:
+    """What a client (the upload page) needs to pick a model and send it an instance."""
+    spec = model.release.input
+    summary = {"name": model.name, "versions": versions, "input": spec.kind}
+    if getattr(spec, "features", ()):
+        summary["features"] = list(spec.features)
+    return summary
 
 
 def _describe(model: ServedModel) -> dict:
