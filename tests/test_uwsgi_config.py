@@ -22,7 +22,18 @@ BASE = ROOT / "roles" / "uwsgi" / "files" / "base.ini"
 # What a host's ini may add to the base: where the app is, where it listens, its control sockets.
 HOST_LINES = {"ini", "processes", "pythonpath", "chdir", "module", "socket", "chmod-socket", "stats", "master-fifo"}
 # What a local run may add: workers, where it listens, where the app is, its log.
-LOCAL_LINES = {"ini", "processes", "module", "http", "http-keepalive", "http-socket", "socket", "chdir", "logto"}
+LOCAL_LINES = {
+    "ini",
+    "processes",
+    "module",
+    "http",
+    "http-keepalive",
+    "http-socket",
+    "socket",
+    "chdir",
+    "logto",
+    "add-header",
+}
 
 
 def base_options() -> dict[str, str]:

@@ -24,7 +24,8 @@ class Settings:
     # 0 keeps TensorFlow's default (all cores); 1 per worker is fastest with one worker per core.
     tf_intra_op_threads: int = 1
     tf_inter_op_threads: int = 1
-    # "auto" uses a GPU when TensorFlow sees one; "cpu" hides GPUs.
+    # "auto" uses a GPU when TensorFlow sees one; "cpu" hides GPUs; "gpu" (GPU hosts) requires
+    # one: a worker that TensorFlow puts on the CPU is not ready, and /readyz says why.
     device: str = "auto"
     gpu_memory_growth: bool = True
     # GPUs on the host (set by the uwsgi role): with more than one, uWSGI worker i is pinned to

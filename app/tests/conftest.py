@@ -121,6 +121,11 @@ def uwsgi_command(address: str, log: Path) -> list[str]:
         "wsgi:app",
         "--logto",
         str(log),
+        # uWSGI's http-socket closes the connection after each response without saying so; a
+        # client that pools connections (tritonclient) would then send its next POST into a
+        # closed socket. On hosts nginx speaks to uWSGI, so this is the tests' own line.
+        "--add-header",
+        "Connection: close",
     ]
 
 

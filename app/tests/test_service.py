@@ -181,3 +181,18 @@ def test_workers_spread_over_gpus_round_robin():
     assert [gpu_for_worker(w, 1) for w in (1, 2, 3)] == [0, 0, 0]
     assert gpu_for_worker(None, 4) is None  # not under uWSGI
     assert gpu_for_worker(3, 0) is None  # CPU host
+
+
+def test_a_gpu_host_worker_on_the_cpu_is_not_ready():
+    """FUNFLEET_DEVICE=gpu (what the uwsgi role sets on GPU hosts): a worker TensorFlow would run
+    on the CPU answers 503 "failed" with the reason, so a deploy stops instead of serving slowly."""
+    from inference import create_app
+
+    app = create_app({"model_dir": str(MODEL_DIR), "device": "gpu"})
+    client = app.test_client()
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["status"] == "failed"
+    assert body["error"].startswith("RuntimeError: this is a GPU host (FUNFLEET_DEVICE=gpu) but TensorFlow sees no GPU")
+    assert client.post("/v1/models/digits:predict", json={"instances": [[[[0.0] * 3] * 32] * 32]}).status_code == 503

@@ -94,8 +94,14 @@ class Load:
         max_requests: int = 50_000,
         max_seconds: float = 600,
         label: str = "7",
+        model: str | None = None,
+        features: dict[str, float] | None = None,
     ) -> None:
+        """``model`` picks the model (/predict?model=); ``features`` sends a tabular model's JSON
+        features instead of the digit image, and ``label`` is then the class it must answer."""
         self.base, self.threads, self.keepalive, self.label = base, threads, keepalive, label
+        self.path = "/predict" + (f"?model={model}" if model else "")
+        self.features = features
         self.max_requests, self.max_seconds = max_requests, max_seconds
         self.ok = 0
         self.failures: list[str] = []
@@ -116,15 +122,17 @@ class Load:
             return True
 
     def _run(self, deadline: float, reuse: bool) -> None:
-        body = sample(self.label)
+        body = (
+            {"json": self.features}
+            if self.features is not None
+            else {"files": {"image": ("x.png", sample(self.label))}}
+        )
         headers = {} if reuse else {"Connection": "close"}
         with requests.Session() as session:
             while time.monotonic() < deadline and self._take():
                 started = time.monotonic()
                 try:
-                    r = session.post(
-                        f"{self.base}/predict", files={"image": ("x.png", body)}, headers=headers, timeout=60
-                    )
+                    r = session.post(f"{self.base}{self.path}", **body, headers=headers, timeout=60)
                     good = r.status_code == 200 and r.json().get("best_prediction") == self.label
                     outcome = None if good else f"{r.status_code} {r.text[:120]}"
                 except (requests.RequestException, ValueError) as exc:

@@ -173,8 +173,20 @@ def test_non_image_is_415():
 def test_readyz_and_metrics_count_requests(host):
     body = requests.get(f"{BASE}/readyz", timeout=5).json()
     current = host.file("/opt/funfleet/current").linked_to.rsplit("/", 1)[1]
-    assert current.startswith("digits-1-")
-    assert body == {"status": "ready", "model": "digits", "version": "1", "device": "/device:CPU:0", "release": current}
+    # The local inventory declares two models: digits (the default) and iris.
+    assert current.startswith("digits-1+iris-1-")
+    assert body == {
+        "status": "ready",
+        "model": "digits",
+        "version": "1",
+        "device": "/device:CPU:0",
+        "release": current,
+        "models": [
+            {"name": "digits", "versions": ["1"], "input": "image"},
+            {"name": "iris", "versions": ["1"], "input": "tensor", "features": body["models"][1].get("features")},
+        ],
+    }
+    assert body["models"][1]["features"] == ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm"]
     key = dict(endpoint="/predict", method="POST", status="200")
 
     def metrics() -> str:  # from the host itself: /metrics is for loopback and the monitoring hosts

@@ -36,16 +36,17 @@ def test_unit_device_access(host, name):
     allowed = [line for line in unit if line.startswith("DeviceAllow=")]
     if name == GPU:
         assert "PrivateDevices=no" in unit
+        # Device classes: they hold whether or not /dev/nvidia-uvm exists when the unit starts.
         assert allowed == [
-            "DeviceAllow=/dev/nvidiactl rw",
-            "DeviceAllow=/dev/nvidia-uvm rw",
-            "DeviceAllow=/dev/nvidia-uvm-tools rw",
-            "DeviceAllow=/dev/nvidia-modeset rw",
             "DeviceAllow=char-nvidia-frontend rw",
+            "DeviceAllow=char-nvidia-uvm rw",
+            "DeviceAllow=char-nvidia-caps rw",
         ]
+        assert "ExecStartPre=+-/usr/bin/nvidia-modprobe -u -c=0" in unit
     else:
         assert "PrivateDevices=yes" in unit
         assert allowed == []
+        assert not [line for line in unit if line.startswith("ExecStartPre=")]
     assert "DevicePolicy=closed" in unit
     assert "KillMode=mixed" in unit
 
@@ -54,7 +55,7 @@ def test_worker_layout_and_tensorflow_settings(host, name):
     env = host.file("/etc/funfleet/app.env").content_string.splitlines()
     if name == GPU:
         assert ini(host)["processes"] == "2"  # uwsgi_workers_per_gpu (2) x 1 GPU
-        assert "FUNFLEET_DEVICE=auto" in env
+        assert "FUNFLEET_DEVICE=gpu" in env  # a worker not on the GPU is not ready
         assert "FUNFLEET_GPU_MEMORY_GROWTH=1" in env
         assert "FUNFLEET_GPU_COUNT=1" in env
     else:

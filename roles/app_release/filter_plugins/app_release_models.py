@@ -1,0 +1,139 @@
+"""Filters that work out, on the controller, which model versions a release holds.
+
+app_release_resolve_models: each declared model's version folders (TF Serving's layout: a base
+path holding one folder per version), chosen by its version policy, with each version's metadata.
+app_release_model_memory_mb: the memory one worker needs for those versions (an estimate).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+try:
+    from ansible.errors import AnsibleFilterError
+except ImportError:  # the unit tests import this file without Ansible's error classes
+    AnsibleFilterError = ValueError  # type: ignore[misc,assignment]
+
+# Measured (make bench, a 2-core VM): a worker with TensorFlow, Keras and the app, before any
+# model, holds about 560 MiB; a loaded and warmed Keras model adds about 8 MiB plus 16 times
+# its file's size (the digits CNN: 1.6 MB on disk, 32 MiB in a worker).
+WORKER_BASE_MB = 560
+MODEL_BASE_MB = 8
+MODEL_FILE_FACTOR = 16
+
+
+def _version_key(version: str) -> tuple[int, int | str]:
+    return (0, int(version)) if version.isdigit() else (1, version)
+
+
+def _read_version(name: str, folder: str) -> dict:
+    try:
+        with open(os.path.join(folder, "metadata.json")) as fh:
+            meta = json.load(fh)
+        size = os.path.getsize(os.path.join(folder, "model.keras"))
+    except (OSError, ValueError) as exc:
+        raise AnsibleFilterError(f"model {name}: {folder} is not a model release ({exc})") from exc
+    if str(meta.get("name")) != name:
+        raise AnsibleFilterError(f"model {name}: {folder} holds model {meta.get('name')!r}, not {name!r}")
+    return {
+        "version": str(meta.get("version")),
+        "src": folder,
+        "sha256": str(meta.get("sha256", "")),
+        "size": size,
+        "meta": meta,
+    }
+
+
+def _choose(name: str, available: list[str], policy: dict) -> list[str]:
+    """TF Serving's version policies: latest N (default 1), specific versions, or all."""
+    policy = policy or {"latest": 1}
+    if len(policy) != 1 or next(iter(policy)) not in ("latest", "specific", "all"):
+        raise AnsibleFilterError(
+            f"model {name}: version_policy is one of {{latest: N}}, {{specific: [..]}}, {{all: true}}"
+        )
+    ordered = sorted(available, key=_version_key)
+    if "all" in policy:
+        return ordered
+    if "latest" in policy:
+        count = int(policy["latest"])
+        if count < 1:
+            raise AnsibleFilterError(f"model {name}: version_policy latest must be 1 or more")
+        return ordered[-count:]
+    wanted = sorted({str(v) for v in policy["specific"]}, key=_version_key)
+    missing = [v for v in wanted if v not in available]
+    if not wanted or missing:
+        raise AnsibleFilterError(f"model {name}: versions {missing or wanted} are not in its base path ({ordered})")
+    return wanted
+
+
+def app_release_resolve_models(models: list[dict], model_src: str = "", models_dir: str = "") -> list[dict]:
+    """The models a release holds, in declared order (the first is the default), each with the
+    versions its policy keeps, oldest first. ``model_src`` (one release folder) replaces the list
+    with that single model version. A relative base_path is taken under ``models_dir``."""
+    if model_src:
+        try:
+            with open(os.path.join(model_src, "metadata.json")) as fh:
+                name = str(json.load(fh)["name"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise AnsibleFilterError(f"{model_src} is not a model release ({exc})") from exc
+        return [{"name": name, "versions": [_read_version(name, model_src)]}]
+    if not models:
+        raise AnsibleFilterError("app_release_models is empty: declare at least one model")
+    resolved, seen = [], set()
+    for model in models:
+        name, base = str(model["name"]), os.path.join(models_dir, str(model["base_path"]))
+        if name in seen:
+            raise AnsibleFilterError(f"model {name} is declared twice")
+        seen.add(name)
+        if not os.path.isdir(base):
+            raise AnsibleFilterError(f"model {name}: base_path {base} is not a folder on the controller")
+        available = [entry for entry in os.listdir(base) if os.path.isfile(os.path.join(base, entry, "metadata.json"))]
+        if not available:
+            raise AnsibleFilterError(f"model {name}: no version folder (<version>/metadata.json) in {base}")
+        versions = []
+        for folder in _choose(name, available, model.get("version_policy")):
+            version = _read_version(name, os.path.join(base, folder))
+            if version["version"] != folder:
+                raise AnsibleFilterError(f"model {name}: folder {folder} holds version {version['version']}")
+            versions.append(version)
+        resolved.append({"name": name, "versions": versions})
+    return resolved
+
+
+def app_release_model_memory_mb(resolved: list[dict]) -> int:
+    """Estimated resident memory of one worker serving these model versions (MiB)."""
+    per_model = sum(
+        MODEL_BASE_MB + MODEL_FILE_FACTOR * version["size"] / 2**20
+        for model in resolved
+        for version in model["versions"]
+    )
+    return int(WORKER_BASE_MB + per_model + 0.5)
+
+
+def app_release_version_dir(pair: list, root: str) -> str:
+    """The folder of one (model, version) pair under a release's model folder."""
+    model, version = pair
+    return f"{root}/{model['name']}/{version['version']}"
+
+
+def app_release_manifest(resolved: list[dict]) -> list[dict]:
+    """What models.json and release.json list: names and versions, and each version's sha256."""
+    return [
+        {
+            "name": model["name"],
+            "versions": [v["version"] for v in model["versions"]],
+            "sha256": {v["version"]: v["sha256"] for v in model["versions"]},
+        }
+        for model in resolved
+    ]
+
+
+class FilterModule:
+    def filters(self) -> dict:
+        return {
+            "app_release_resolve_models": app_release_resolve_models,
+            "app_release_version_dir": app_release_version_dir,
+            "app_release_manifest": app_release_manifest,
+            "app_release_model_memory_mb": app_release_model_memory_mb,
+        }
