@@ -1,13 +1,17 @@
 """``POST /predict``: one instance in (an uploaded image, or a tabular model's features as
-JSON), the top-k labels out. ``?model=<name>`` (or a multipart field ``model``) picks the model,
+JSON), the top-k labels out; for a segmentation model (metadata ``"task": "segmentation"``) the
+per-pixel class map, as JSON or, with ``?format=png`` (or ``Accept: image/png``), as a PNG whose
+pixel values are the class indices. ``?model=<name>`` (or a multipart field ``model``) picks the model,
 ``?version=<v>`` its version; the defaults are the first declared model and its latest version."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, Response, jsonify, request
+from PIL import Image
 
 from ..errors import ApiError
 from ..preprocess import decode_image, feature_row
@@ -21,6 +25,9 @@ bp = Blueprint("predict", __name__)
 def predict():
     model = find_model(_field("model"), _field("version"))
     release = model.release
+    if release.extra.get("task") == "segmentation":
+        batch = decode_image(_image_bytes(), release.input, model_settings().max_image_pixels)[None]
+        return segmentation(model, infer(model, batch)[0][0])
     if not release.labels:
         raise ApiError(400, "not_a_classifier", f"{model.name} has no labels; use /v1/models/{model.name}:predict")
     top_k = _top_k(len(release.labels), release.top_k)
@@ -40,6 +47,36 @@ def ranked(model: ServedModel, probs: np.ndarray, top_k: int) -> dict:
         "predictions": [{"label": labels[int(i)], "probability": float(probs[i])} for i in order],
         "model": {"name": model.name, "version": model.version},
     }
+
+
+# A colour per class for the PNG mask's palette (the pixel values stay the class indices).
+_PALETTE = [0, 0, 0] + [c for i in range(255) for c in ((i * 67) % 256, (i * 151 + 80) % 256, (i * 199 + 40) % 256)]
+
+
+def segmentation(model: ServedModel, scores: np.ndarray) -> Response:
+    """``scores``: [height, width, classes] for one image; the answer is each pixel's class."""
+    mask = scores.reshape(scores.shape[0], scores.shape[1], -1).argmax(axis=-1).astype(np.uint8)
+    wants_png = request.args.get("format") == "png" or (
+        request.args.get("format") is None and request.accept_mimetypes.best == "image/png"
+    )
+    if wants_png:
+        image = Image.fromarray(mask, "P")
+        image.putpalette(_PALETTE)
+        out = io.BytesIO()
+        image.save(out, "PNG")
+        response = Response(out.getvalue(), mimetype="image/png")
+        response.headers["X-Model"] = f"{model.name}:{model.version}"
+        return response
+    labels = model.release.labels
+    ids, counts = np.unique(mask, return_counts=True)
+    return jsonify(
+        mask=mask.tolist(),
+        labels=list(labels),
+        pixels={
+            labels[int(i)] if int(i) < len(labels) else str(int(i)): int(n) for i, n in zip(ids, counts, strict=True)
+        },
+        model={"name": model.name, "version": model.version},
+    )
 
 
 def model_settings():

@@ -1,0 +1,120 @@
+"""Train the segmentation demo model: a small encoder-decoder that labels every pixel of a
+rendered digit with its digit (or background), from scikit-learn's bundled digits.
+
+Inputs are the same 64x64 dark-on-light renderings the digits model serves, decoded by the
+service's own decoder to 32x32 grayscale; the target of a pixel is 0 (background) where the
+decoded ink is under half, else 1 + the digit. Held-out pixel accuracy and mean IoU go into the
+metadata. The split and renderings are the same on any machine; the weights are not.
+
+    python scripts/train_segmentation.py --version 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+from inference.preprocess import decode_image
+from inference.release import MODEL_FILE, InputSpec, write_release_metadata
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+SPEC = InputSpec(height=32, width=32, color_mode="grayscale", scale=1 / 255, offset=0.0)
+LABELS = ["background", *[str(i) for i in range(10)]]
+
+
+def _digits_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("train_digits", ROOT / "scripts" / "train_digits.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def masks(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-pixel targets: 0 where there is no ink (dark on light: ink is value < 0.5), else 1 + digit."""
+    ink = x[..., 0] < 0.5
+    return np.where(ink, (y + 1)[:, None, None], 0).astype(np.int32)
+
+
+def build_model(keras: ModuleType) -> object:
+    inputs = keras.Input(shape=SPEC.shape, name="image")
+    a = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(inputs)
+    b = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(keras.layers.MaxPooling2D()(a))
+    c = keras.layers.Conv2D(64, 3, padding="same", activation="relu")(keras.layers.MaxPooling2D()(b))
+    up = keras.layers.UpSampling2D()(c)
+    d = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(keras.layers.Concatenate()([up, b]))
+    up = keras.layers.UpSampling2D()(d)
+    e = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(keras.layers.Concatenate()([up, a]))
+    outputs = keras.layers.Conv2D(len(LABELS), 1, activation="softmax", name="class_map")(e)
+    return keras.Model(inputs, outputs, name="digits_segmentation")
+
+
+def mean_iou(truth: np.ndarray, predicted: np.ndarray) -> float:
+    ious = []
+    for k in range(len(LABELS)):
+        union = np.logical_or(truth == k, predicted == k).sum()
+        if union:
+            ious.append(np.logical_and(truth == k, predicted == k).sum() / union)
+    return float(np.mean(ious))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--version", default="1")
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--out", type=Path, default=ROOT / "files" / "models" / "digit-segments")
+    args = parser.parse_args()
+
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(args.seed)
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+    y, idx_train, idx_test, encoded = _digits_module().split(args.seed)
+    x = np.stack([decode_image(png, SPEC, max_pixels=1 << 20) for png in encoded["dark_on_light"]])
+    target = masks(x, y)
+    model = build_model(keras)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(x[idx_train], target[idx_train], epochs=args.epochs, batch_size=32, verbose=0)
+    predicted = model.predict(x[idx_test], verbose=0).argmax(axis=-1)
+    pixel_accuracy = round(float((predicted == target[idx_test]).mean()), 4)
+    iou = round(mean_iou(target[idx_test], predicted), 4)
+
+    release_dir = args.out / args.version
+    release_dir.mkdir(parents=True, exist_ok=True)
+    model.save(release_dir / MODEL_FILE)
+    write_release_metadata(
+        release_dir,
+        name="digit-segments",
+        version=args.version,
+        labels=LABELS,
+        spec=SPEC,
+        top_k=3,
+        extra={
+            "task": "segmentation",
+            "description": "Per-pixel digit labels (0 background, 1 + digit on ink) on scikit-learn's digits",
+            "heldout_pixel_accuracy": pixel_accuracy,
+            "heldout_mean_iou": iou,
+            "heldout_size": len(idx_test),
+            "seed": args.seed,
+            "epochs": args.epochs,
+            "trained_with": {"tensorflow": tf.__version__, "keras": keras.__version__},
+        },
+    )
+    print(json.dumps({"release": str(release_dir), "pixel_accuracy": pixel_accuracy, "mean_iou": iou}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
