@@ -360,9 +360,9 @@ import ssl, sys, urllib.request, urllib.error
 context = ssl._create_unverified_context() if sys.argv[1].startswith("https") else None
 try:
     with urllib.request.urlopen(sys.argv[1], timeout=5, context=context) as r:
-        print(r.status, r.read().decode()[:2000])
+        print(r.status, r.read().decode()[:200000])
 except urllib.error.HTTPError as e:
-    print(e.code, e.read().decode()[:2000])
+    print(e.code, e.read().decode()[:200000])
 """
 
 
