@@ -12,6 +12,11 @@ typical vision model: inference dominates). For each, in one run on this machine
 at concurrency 1, 4 and 16 with wrk (loopback, each run bounded to --seconds, HTTP keep-alive
 from the client), multipart uploads of one image. Prints served/raw at each concurrency.
 nginx runs from a generated config in a temporary directory, not the system's.
+
+``kinds``: every demo model kind on one funfleet host (nginx > uWSGI, every model loaded in each
+worker), one /predict request per kind at c=1 and c=16: requests/s, p50, p99, the memory the
+model adds to a worker, and the resident memory of a worker serving that model alone (a worker
+with no Keras model never imports TensorFlow).
 """
 
 from __future__ import annotations
@@ -115,11 +120,17 @@ def wrk_script(tmp: Path, case: Case) -> Path:
         + case.sample
         + f"\r\n--{BOUNDARY}--\r\n".encode()
     )
+    return post_script(
+        tmp / f"post-{case.model_dir.parent.name}.lua", f"multipart/form-data; boundary={BOUNDARY}", body
+    )
+
+
+def post_script(script: Path, content_type: str, body: bytes) -> Path:
+    """A wrk script POSTing one body, printing a RESULT line that load() reads."""
     escaped = "".join(f"\\{b:03d}" for b in body)
-    script = tmp / f"post-{case.model_dir.parent.name}.lua"
     script.write_text(
         'wrk.method = "POST"\n'
-        f'wrk.headers["Content-Type"] = "multipart/form-data; boundary={BOUNDARY}"\n'
+        f'wrk.headers["Content-Type"] = "{content_type}"\n'
         f'wrk.body = "{escaped}"\n'
         "done = function(summary, latency, requests)\n"
         '  io.write(string.format("RESULT %d %d %d %d %d %d\\n", summary.requests, summary.errors.status,'
@@ -317,12 +328,100 @@ def servers(workers: int, env: dict, tmp: Path) -> list[Server]:
     ]
 
 
+# name -> (content type, body) of one /predict?model=<name> request
+KIND_MODELS = ["digits", "iris", "digit-segments", "tagger", "wine", "diabetes", "digits-onnx"]
+
+
+def kind_requests() -> dict[str, tuple[str, bytes]]:
+    import json
+
+    def features(name: str, values: list[float]) -> bytes:
+        meta = json.loads((ROOT / "files" / "models" / name / "1" / "metadata.json").read_text())
+        return json.dumps(dict(zip(meta["input"]["features"], values, strict=True))).encode()
+
+    png = DIGIT_SAMPLE.read_bytes()
+    return {
+        "digits": ("image/png", png),
+        "iris": ("application/json", features("iris", [6.3, 3.3, 6.0, 2.5])),
+        "digit-segments": ("image/png", png),
+        "tagger": ("application/json", json.dumps({"text": "Bob works for Acme in Rome on may 3"}).encode()),
+        "wine": (
+            "application/json",
+            features("wine", [13.2, 1.78, 2.14, 11.2, 100, 2.65, 2.76, 0.26, 1.28, 4.38, 1.05, 3.4, 1050]),
+        ),
+        "diabetes": ("application/json", features("diabetes", [59, 2, 32.1, 101, 157, 93.2, 38, 4, 4.86, 87])),
+        "digits-onnx": ("image/png", png),
+    }
+
+
+def alone_rss(model_dir: Path) -> float:
+    """Resident MiB of a process serving one model alone (the app loaded, the model warm)."""
+    code = (
+        "from inference.config import Settings; from inference.runtime import ModelRuntime, resident_bytes;"
+        f"rt = ModelRuntime(Settings.from_env({{'model_dir': {str(model_dir)!r}}})); rt.load();"
+        "import inference.api, flask; print(resident_bytes())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=APP, capture_output=True, text=True, timeout=300, check=True
+    ).stdout
+    return int(out.split()[-1]) / 2**20
+
+
+def run_kinds(args: argparse.Namespace, tmp: Path) -> None:
+    import json
+
+    models = tmp / "kinds-model"
+    for name in KIND_MODELS:
+        shutil.copytree(ROOT / "files" / "models" / name / "1", models / name / "1")
+    (models / "models.json").write_text(json.dumps({"models": [{"name": n, "versions": ["1"]} for n in KIND_MODELS]}))
+    env = {
+        **os.environ,
+        "FUNFLEET_MODEL_DIR": str(models),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(dir=tmp),
+        "PATH": f"{os.environ.get('PATH', '')}:/usr/sbin",
+    }
+    server = Server("funfleet", [*uwsgi_command(args.workers), "--socket", "{sock}"], env, APP, ROLE_SITE)
+    port = 18590
+    rows = []
+    try:
+        server.start(port, tmp, digits_case())
+        meta = requests.get(f"http://127.0.0.1:{port}/metadata", timeout=10).json()
+        added = {m["name"]: m["memory_bytes"] / 2**20 for m in meta["models"]}
+        for name, (content_type, body) in kind_requests().items():
+            script = post_script(tmp / f"kind-{name}.lua", content_type, body)
+            url = f"http://127.0.0.1:{port}/predict?model={name}"
+            rows.append((name, [load(url, c, args.seconds, script) for c in (1, 16)]))
+        worker = meta["runtime"]["resident_bytes"] / 2**20
+    finally:
+        server.stop()
+    frameworks = {m["name"]: m["runtime"].split()[0] for m in meta["models"]}
+    tasks = {m["name"]: m["task"] for m in meta["models"]}
+    print(f"\n== every model kind on one host ({args.workers} workers, each holding all {len(KIND_MODELS)} models) ==")
+    print(
+        f"{'model':15} {'framework':13} {'task':15} {'c=1 req/s':>9} {'p50 ms':>7} {'c=16 req/s':>10} "
+        f"{'p99 ms':>7} {'errors':>6} {'+MiB':>6} {'alone MiB':>9}"
+    )
+    for name, (one, many) in rows:
+        alone_dir = tmp / f"alone-{name}"
+        shutil.copytree(models / name / "1", alone_dir)
+        print(
+            f"{name:15} {frameworks[name]:13} {tasks[name]:15} {one['rps']:>9.0f} {one['p50']:>7.1f} "
+            f"{many['rps']:>10.0f} {many['p99']:>7.1f} {one['errors'] + many['errors']:>6} "
+            f"{added[name]:>6.1f} {alone_rss(alone_dir):>9.0f}"
+        )
+    print(f"a worker holding all of them: {worker:.0f} MiB resident")
+    sys.stdout.flush()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="funfleet throughput benchmark")
     parser.add_argument("--seconds", type=int, default=5, help="duration of each load run (bounded)")
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--models", default="digits,mobilenetv2", help="digits, mobilenetv2 or both")
+    parser.add_argument(
+        "--models", default="digits,mobilenetv2,kinds", help="any of digits, mobilenetv2, kinds (comma-separated)"
+    )
     args = parser.parse_args()
     for tool, pkg in (("wrk", "wrk"), ("nginx", "nginx-light")):
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
@@ -330,9 +429,12 @@ def main() -> int:
     levels = [int(c) for c in args.concurrency.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="funfleet-bench-"))
     try:
-        cases = [digits_case() if m == "digits" else mobilenet_case(tmp) for m in args.models.split(",")]
+        chosen = args.models.split(",")
+        cases = [digits_case() if m == "digits" else mobilenet_case(tmp) for m in chosen if m != "kinds"]
         for case in cases:
             run_case(case, levels, args, tmp)
+        if "kinds" in chosen:
+            run_kinds(args, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

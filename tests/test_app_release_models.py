@@ -89,7 +89,41 @@ def test_memory_estimate_grows_with_each_version(iris_base):
             {"name": "iris", "base_path": str(iris_base), "version_policy": {"all": True}},
         ]
     )
-    # 560 MiB base + the digits CNN (8 + 16 x 1.6 MiB) = 594; each iris version adds 8.4.
+    # 48 MiB app + 512 TensorFlow + the digits CNN (8 + 16 x 1.6 MiB) = 594; each iris version adds 8.4.
     assert plugin.app_release_model_memory_mb(digits) == 594
     assert plugin.app_release_model_memory_mb(both) == 619
     assert plugin.app_release_version_dir([both[1], both[1]["versions"][0]], "/r/model") == "/r/model/iris/1"
+
+
+def test_every_framework_ships_its_own_files_and_memory():
+    models = ROOT / "files" / "models"
+    resolved = plugin.app_release_resolve_models(
+        [{"name": "wine", "base_path": "wine"}, {"name": "digits-onnx", "base_path": "digits-onnx"}],
+        models_dir=str(models),
+    )
+    wine, onnx = (m["versions"][0] for m in resolved)
+    assert (wine["framework"], wine["model_file"]) == ("sklearn", "model.joblib")
+    assert onnx["files"] == ["model.onnx", "labels.json", "metadata.json", "reference.npz"]
+    rows = plugin.app_release_files(resolved, "/r/model")
+    assert {
+        "label": "digits-onnx:1/reference.npz",
+        "src": str(models / "digits-onnx" / "1" / "reference.npz"),
+        "dest": "/r/model/digits-onnx/1/reference.npz",
+    } in rows
+    assert len(rows) == 7
+    # No Keras model: no TensorFlow in the worker. 48 + 88 (scikit-learn) + 32 (ONNX Runtime)
+    # + each model's 2 MiB and 4 x its file (1.3 KB, 67 KB).
+    assert plugin.app_release_model_memory_mb(resolved) == 172
+
+
+def test_an_unknown_framework_or_a_missing_listed_file_is_refused(tmp_path):
+    for change, reason in (
+        ({"framework": "caffe"}, "unknown framework 'caffe'"),
+        ({"files": {"reference.npz": "x", "gone.bin": "y"}}, "gone.bin"),
+    ):
+        base = tmp_path / reason.split()[0] / "digits-onnx"
+        shutil.copytree(ROOT / "files" / "models" / "digits-onnx" / "1", base / "1")
+        meta = json.loads((base / "1" / "metadata.json").read_text())
+        (base / "1" / "metadata.json").write_text(json.dumps({**meta, **change}))
+        with pytest.raises(plugin.AnsibleFilterError, match=reason):
+            plugin.app_release_resolve_models([{"name": "digits-onnx", "base_path": str(base)}])

@@ -1,4 +1,5 @@
-"""Turn client input (encoded images or JSON tensors) into a float32 batch the model accepts."""
+"""Turn client input (encoded images, JSON tensors or text) into a batch the model accepts:
+float32 for images and tensors, an array of str for text."""
 
 from __future__ import annotations
 
@@ -11,9 +12,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .release import InputSpec, TensorSpec
-
-Spec = InputSpec | TensorSpec
+from .release import InputSpec, Spec, TensorSpec, TextSpec
 
 
 class InputError(ValueError):
@@ -60,7 +59,31 @@ def decode_image(data: bytes, spec: InputSpec, max_pixels: int) -> np.ndarray:
     arr = np.asarray(img, dtype=np.float32)
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    return arr * np.float32(spec.scale) + np.float32(spec.offset)
+    arr = arr * np.float32(spec.scale) + np.float32(spec.offset)
+    return arr.transpose(2, 0, 1) if spec.layout == "NCHW" else arr
+
+
+def text_value(value: object, spec: TextSpec, where: str) -> str:
+    """One text instance: a string of at most ``max_chars`` characters."""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError("invalid_text", f"{where}: text must be UTF-8") from exc
+    if not isinstance(value, str):
+        raise InputError("invalid_dtype", f"{where}: expected a string, got {type(value).__name__}")
+    if len(value) > spec.max_chars:
+        raise InputError("text_too_long", f"{where}: {len(value)} characters; at most {spec.max_chars} are accepted")
+    return value
+
+
+def text_batch(values: list, spec: TextSpec, max_batch: int) -> np.ndarray:
+    if not values:
+        raise InputError("invalid_request", "expected at least one text")
+    if len(values) > max_batch:
+        raise InputError("batch_too_large", f"at most {max_batch} instances per request, got {len(values)}")
+    texts = [text_value(v, spec, f"instance {i}") for i, v in enumerate(values)]
+    return np.array(texts, dtype=object)
 
 
 def _to_color_mode(img: Image.Image, spec: InputSpec) -> Image.Image:
@@ -115,6 +138,10 @@ def tensor_batch(instances: object, spec: Spec, max_pixels: int, max_batch: int)
     named features (tensor models that name them) or ``{input: ...}``."""
     if not isinstance(instances, list) or not instances:
         raise InputError("invalid_request", '"instances" must be a non-empty list')
+    if spec.kind == "text":
+        # {"<input name>": "text"} is the same as "text": the model has one input.
+        values = [next(iter(i.values())) if isinstance(i, dict) and len(i) == 1 else i for i in instances]
+        return text_batch(values, spec, max_batch)
     if len(instances) > max_batch:
         raise InputError("batch_too_large", f"at most {max_batch} instances per request, got {len(instances)}")
     rows = []
@@ -135,7 +162,16 @@ def tensor_batch(instances: object, spec: Spec, max_pixels: int, max_batch: int)
 
 def columnar_batch(inputs: object, spec: Spec, max_pixels: int, max_batch: int) -> np.ndarray:
     """TF Serving's columnar ``inputs``: a tensor, or ``{input: tensor}``; for tensor models that
-    name their features, also ``{feature: [values...], ...}``."""
+    name their features, also ``{feature: [values...], ...}``; for text models a string or a
+    list of strings."""
+    if spec.kind == "text":
+        if isinstance(inputs, dict) and len(inputs) == 1:
+            inputs = next(iter(inputs.values()))
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if not isinstance(inputs, list):
+            raise InputError("invalid_inputs", "inputs: expected a string or a list of strings")
+        return text_batch(inputs, spec, max_batch)
     if spec.kind == "tensor" and isinstance(inputs, dict) and spec.features and len(inputs) > 1:
         if set(inputs) != set(spec.features):
             raise InputError("invalid_features", f"expected the features {list(spec.features)}")

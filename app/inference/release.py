@@ -1,11 +1,18 @@
-"""A model release on disk: ``model.keras``, ``labels.json`` and ``metadata.json``.
+"""A model release on disk: the model file, ``labels.json`` and ``metadata.json``.
 
-The metadata records what the model takes and how inputs must be prepared, and the sha256 of
-the model file, which is checked before the model is ever deserialised. Two kinds of input:
+The metadata records which framework saved the model (``framework``: ``keras``, the default, in
+``model.keras``; ``sklearn``, an estimator saved with joblib in ``model.joblib``; ``onnx``, e.g. a
+PyTorch export, in ``model.onnx``), what the model takes and how inputs must be prepared, and the
+sha256 of the model file and of any other file it lists (``files``), checked before the model is
+ever deserialised. Three kinds of input:
 
-- ``image`` (the default): an encoded image, decoded to ``height x width x channels`` and scaled;
+- ``image`` (the default): an encoded image, decoded to ``height x width x channels`` (or
+  ``channels x height x width`` with ``"layout": "NCHW"``, as PyTorch models take it) and scaled;
 - ``tensor``: numbers of a fixed ``shape`` per instance (tabular features, raw tensors), with
-  optional ``features`` naming the entries of a 1-D input so clients may send them by name.
+  optional ``features`` naming the entries of a 1-D input so clients may send them by name;
+- ``text``: one string per instance, for models whose preprocessing (``TextVectorization``) is
+  inside the model. ``lowercase`` and ``sequence_length`` say how the model splits it into
+  tokens (on whitespace), so that a tagger's per-token outputs can be named by token.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 MODEL_FILE = "model.keras"
+# framework -> the model file it saves
+FRAMEWORKS = {"keras": MODEL_FILE, "sklearn": "model.joblib", "onnx": "model.onnx"}
 LABELS_FILE = "labels.json"
 RELEASE_FILE = "release.json"
 METADATA_FILE = "metadata.json"
@@ -39,6 +48,8 @@ class InputSpec:
     offset: float = 0.0
     # Transparent pixels are composited onto this colour before conversion.
     background: tuple[int, int, int] = (255, 255, 255)
+    # NHWC (Keras) or NCHW (PyTorch): where the channels go
+    layout: str = "NHWC"
 
     @property
     def channels(self) -> int:
@@ -46,6 +57,8 @@ class InputSpec:
 
     @property
     def shape(self) -> tuple[int, int, int]:
+        if self.layout == "NCHW":
+            return (self.channels, self.height, self.width)
         return (self.height, self.width, self.channels)
 
 
@@ -59,12 +72,41 @@ class TensorSpec:
     features: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class TextSpec:
+    """One string per instance; the model tokenizes it itself."""
+
+    kind = "text"
+    # How the model's TextVectorization splits text: on whitespace, lowercased or not, into at
+    # most sequence_length tokens (0: no per-token outputs).
+    lowercase: bool = True
+    sequence_length: int = 0
+    # The longest text accepted, in characters.
+    max_chars: int = 10000
+    shape: tuple[int, ...] = ()
+    dtype: str = "string"
+
+    def tokens(self, text: str) -> list[str]:
+        words = (text.lower() if self.lowercase else text).split()
+        return words[: self.sequence_length] if self.sequence_length else words
+
+
 DTYPES = {"float32", "float64", "int32", "int64"}
+Spec = InputSpec | TensorSpec | TextSpec
 
 
-def read_input_spec(raw: dict) -> InputSpec | TensorSpec:
+def read_input_spec(raw: dict) -> Spec:
     kind = raw.get("kind", "image")
     fields_ = {k: v for k, v in raw.items() if k != "kind"}
+    if kind == "text":
+        text = TextSpec(
+            lowercase=bool(fields_.get("lowercase", True)),
+            sequence_length=int(fields_.get("sequence_length", 0)),
+            max_chars=int(fields_.get("max_chars", 10000)),
+        )
+        if text.sequence_length < 0 or text.max_chars < 1:
+            raise ReleaseError("text input needs a sequence_length of 0 or more and a positive max_chars")
+        return text
     if kind == "tensor":
         spec = TensorSpec(
             shape=tuple(int(d) for d in fields_["shape"]),
@@ -81,11 +123,24 @@ def read_input_spec(raw: dict) -> InputSpec | TensorSpec:
     spec = InputSpec(**{**fields_, "background": tuple(fields_.get("background", (255, 255, 255)))})
     if spec.color_mode not in COLOR_MODES:
         raise ReleaseError(f"unknown color_mode {spec.color_mode!r}")
+    if spec.layout not in ("NHWC", "NCHW"):
+        raise ReleaseError(f"unknown layout {spec.layout!r}: NHWC or NCHW")
     return spec
 
 
-def describe_input(spec: InputSpec | TensorSpec) -> dict:
+def describe_input(spec: Spec) -> dict:
     return {"kind": spec.kind, **asdict(spec), "shape": list(spec.shape)}
+
+
+def spec_fields(spec: Spec) -> dict:
+    """What metadata.json stores for an input."""
+    stored = asdict(spec)
+    if spec.kind == "text":
+        stored.pop("shape")
+        stored.pop("dtype")
+    if spec.kind == "image" and spec.layout == "NHWC":
+        stored.pop("layout")  # the default; releases cut before layouts existed read the same
+    return {**({"kind": spec.kind} if spec.kind != "image" else {}), **stored}
 
 
 @dataclass(frozen=True)
@@ -94,24 +149,35 @@ class Release:
     name: str
     version: str
     labels: tuple[str, ...]
-    input: InputSpec | TensorSpec
+    input: Spec
     sha256: str
     top_k: int = 3
+    framework: str = "keras"
+    # other files of the release (name -> sha256), checked like the model file
+    files: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     @property
     def model_file(self) -> Path:
-        return self.path / MODEL_FILE
+        return self.path / FRAMEWORKS[self.framework]
+
+    @property
+    def task(self) -> str:
+        """classification (labels), segmentation, tagging, or regression (raw named outputs)."""
+        return str(self.extra.get("task") or ("classification" if self.labels else "regression"))
 
     def describe(self) -> dict:
         return {
             "name": self.name,
             "version": self.version,
+            "framework": self.framework,
+            "task": self.task,
             "labels": list(self.labels),
             "input": describe_input(self.input),
             "sha256": self.sha256,
+            "files": dict(self.files),
             "top_k": self.top_k,
-            **self.extra,
+            **{k: v for k, v in self.extra.items() if k != "task"},
         }
 
 
@@ -132,7 +198,7 @@ def read_release(path: str | Path, verify: bool = True) -> Release:
         raise ReleaseError(f"cannot read release at {root}: {exc}") from exc
     try:
         spec = read_input_spec(meta["input"])
-        known = {"name", "version", "input", "sha256", "top_k"}
+        known = {"name", "version", "input", "sha256", "top_k", "framework", "model_file", "files"}
         release = Release(
             path=root,
             name=str(meta["name"]),
@@ -141,16 +207,25 @@ def read_release(path: str | Path, verify: bool = True) -> Release:
             input=spec,
             sha256=str(meta["sha256"]),
             top_k=int(meta.get("top_k", 3)),
+            framework=str(meta.get("framework", "keras")),
+            files={str(k): str(v) for k, v in dict(meta.get("files") or {}).items()},
             extra={k: v for k, v in meta.items() if k not in known},
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ReleaseError(f"malformed metadata in {root}: {exc}") from exc
+    if release.framework not in FRAMEWORKS:
+        raise ReleaseError(f"unknown framework {release.framework!r} in {root}: one of {sorted(FRAMEWORKS)}")
+    if any("/" in name or name.startswith(".") for name in release.files):
+        raise ReleaseError(f"files in {root} must be plain names in the release folder")
     if verify:
-        if not release.model_file.is_file():
-            raise ReleaseError(f"{release.model_file} is missing")
-        actual = file_sha256(release.model_file)
-        if actual != release.sha256:
-            raise ReleaseError(f"sha256 mismatch for {release.model_file}: metadata {release.sha256}, file {actual}")
+        checked = [(release.model_file, release.sha256)]
+        checked += [(root / name, digest) for name, digest in sorted(release.files.items())]
+        for file, expected in checked:
+            if not file.is_file():
+                raise ReleaseError(f"{file} is missing")
+            actual = file_sha256(file)
+            if actual != expected:
+                raise ReleaseError(f"sha256 mismatch for {file}: metadata {expected}, file {actual}")
     return release
 
 
@@ -167,16 +242,28 @@ def read_release_id(model_dir: str | Path) -> str | None:
 
 
 def write_release_metadata(
-    root: Path, *, name: str, version: str, labels: list[str], spec: InputSpec | TensorSpec, top_k: int, extra: dict
+    root: Path,
+    *,
+    name: str,
+    version: str,
+    labels: list[str],
+    spec: Spec,
+    top_k: int,
+    extra: dict,
+    framework: str = "keras",
+    files: tuple[str, ...] = (),
 ) -> Release:
-    """Write labels and metadata beside an existing ``model.keras``; returns the verified release."""
+    """Write labels and metadata beside an existing model file (and the ``files`` beside it);
+    returns the verified release."""
     (root / LABELS_FILE).write_text(json.dumps(labels) + "\n")
     meta = {
         "name": name,
         "version": version,
-        "input": {**({"kind": "tensor"} if spec.kind == "tensor" else {}), **asdict(spec)},
+        "framework": framework,
+        "input": spec_fields(spec),
         "top_k": top_k,
-        "sha256": file_sha256(root / MODEL_FILE),
+        "sha256": file_sha256(root / FRAMEWORKS[framework]),
+        **({"files": {f: file_sha256(root / f) for f in files}} if files else {}),
         **extra,
     }
     (root / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")

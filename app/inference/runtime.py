@@ -1,5 +1,5 @@
-"""The model runtime: load every declared model version once per process, compile one batched
-call for each, warm it up, and serve them by name and version.
+"""The model runtime: load every declared model version once per process with its framework's
+loader (backends.py), warm it up, and serve them by name and version.
 
 Everything that runs a model goes through :meth:`ServedModel.predict`, the one batched entry
 point every endpoint and protocol shares.
@@ -11,55 +11,20 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
 
 import numpy as np
 
 from . import metrics
+from .backends import DTYPES, Call, Signature, TensorInfo, load_keras, load_onnx, load_sklearn
 from .config import Settings
 from .models import Declared, discover, version_key
 from .release import Release, ReleaseError, read_release, read_release_id
 
+__all__ = ["DTYPES", "ModelNotFound", "ModelRuntime", "ServedModel", "Signature", "TensorInfo", "resident_bytes"]
+
 log = logging.getLogger(__name__)
-
-# dtype name -> (KServe v2 datatype, TF Serving DataType)
-DTYPES = {
-    "float32": ("FP32", "DT_FLOAT"),
-    "float64": ("FP64", "DT_DOUBLE"),
-    "float16": ("FP16", "DT_HALF"),
-    "int32": ("INT32", "DT_INT32"),
-    "int64": ("INT64", "DT_INT64"),
-    "uint8": ("UINT8", "DT_UINT8"),
-    "bool": ("BOOL", "DT_BOOL"),
-    "string": ("BYTES", "DT_STRING"),
-}
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """One input or output of a model's signature, as the model itself names and shapes it
-    (-1: any size, the batch dimension first)."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-
-    @property
-    def datatype(self) -> str:
-        return DTYPES.get(self.dtype, ("BYTES", ""))[0]
-
-    @property
-    def tf_dtype(self) -> str:
-        return DTYPES.get(self.dtype, ("", "DT_INVALID"))[1]
-
-
-@dataclass(frozen=True)
-class Signature:
-    inputs: tuple[TensorInfo, ...]
-    outputs: tuple[TensorInfo, ...]
 
 
 @dataclass
@@ -68,20 +33,19 @@ class LoadInfo:
     load_seconds: float
     warmup_seconds: float
     device: str
-    tensorflow: str
-    keras: str
+    tensorflow: str | None
+    keras: str | None
 
 
 class ServedModel:
-    """One loaded model version: its release, signature and compiled call."""
+    """One loaded model version: its release, signature and batched call."""
 
-    def __init__(self, release: Release, signature: Signature, fn: Callable, tf: ModuleType, memory_bytes: int) -> None:
+    def __init__(self, release: Release, signature: Signature, call: Call, runtime: str, memory_bytes: int) -> None:
         self.release = release
         self.signature = signature
         self.memory_bytes = memory_bytes
-        self._fn = fn
-        self._tf = tf
-        self._dtype = getattr(tf, signature.inputs[0].dtype)
+        self.runtime = runtime
+        self._call = call
 
     @property
     def name(self) -> str:
@@ -94,7 +58,7 @@ class ServedModel:
     def predict(self, batch: np.ndarray) -> list[np.ndarray]:
         """Run the model on a batch of ``[N, *input shape]``; one array per output, in the
         signature's order, each with N rows."""
-        return [t.numpy() for t in self._fn(self._tf.constant(batch, dtype=self._dtype))]
+        return self._call(batch)
 
 
 class ModelNotFound(LookupError):
@@ -162,13 +126,21 @@ class ModelRuntime:
             try:
                 self.declared = discover(self.settings.model_dir)
                 self.release_id = read_release_id(self.settings.model_dir)
-                tf, keras = _import_tensorflow(self.settings)
-                require_gpu(tf, self.settings)
+                releases = []
                 for current in self.declared:
-                    served, seconds = _load_one(tf, keras, current, self.settings.warmup_batch_sizes)
+                    releases.append(_read_declared(current))
+                current = None
+                # TensorFlow (~0.5 GB a worker) only where a Keras model is served.
+                tf = keras = None
+                if any(r.framework == "keras" for r in releases):
+                    tf, keras = _import_tensorflow(self.settings)
+                    require_gpu(tf, self.settings)
+                for index, release in enumerate(releases):
+                    current = self.declared[index]
+                    served, seconds = _load_one(release, tf, keras, self.settings)
                     warmup += seconds
                     self.models.setdefault(served.name, {})[served.version] = served
-                device = _device_of(tf)
+                device = _device_of(tf) if tf is not None else "/device:CPU:0"
             except Exception as exc:  # keep the worker alive; /readyz reports why
                 where = f"{current.name}:{current.version}: " if current is not None else ""
                 prefix = "" if isinstance(exc, ReleaseError) else f"{type(exc).__name__}: "
@@ -181,8 +153,8 @@ class ModelRuntime:
                 load_seconds=round(done - started - warmup, 3),
                 warmup_seconds=round(warmup, 3),
                 device=device,
-                tensorflow=tf.__version__,
-                keras=keras.__version__,
+                tensorflow=tf.__version__ if tf is not None else None,
+                keras=keras.__version__ if keras is not None else None,
             )
             self.error = None
             self._ready = True
@@ -210,48 +182,27 @@ class ModelRuntime:
         return self.get().predict(batch)[0]
 
 
-def _load_one(tf: ModuleType, keras: ModuleType, declared: Declared, warmup_sizes: tuple[int, ...]):
-    before = resident_bytes()
+def _read_declared(declared: Declared) -> Release:
     release = read_release(declared.path)
     if (release.name, release.version) != (declared.name, declared.version):
         raise ReleaseError(
             f"{declared.path} holds {release.name}:{release.version}, not {declared.name}:{declared.version}"
         )
-    model = keras.saving.load_model(release.model_file, compile=False)
-    signature = signature_of(model)
-    if len(signature.inputs) != 1:
-        raise ReleaseError(f"{release.name} has {len(signature.inputs)} inputs; one is served")
-    if tuple(signature.inputs[0].shape[1:]) != tuple(release.input.shape):
-        raise ReleaseError(
-            f"the model takes {list(signature.inputs[0].shape[1:])}, the metadata says {list(release.input.shape)}"
-        )
-    dtype = getattr(tf, signature.inputs[0].dtype)
-    spec = tf.TensorSpec([None, *release.input.shape], dtype)
-    # The concrete function of the one signature: a call skips tf.function's argument binding and
-    # trace-cache lookup (0.40 ms instead of 0.60 ms a call at batch 1).
-    fn = tf.function(lambda x: tuple(tf.nest.flatten(model(x, training=False)))).get_concrete_function(spec)
-    warm_started = time.monotonic()
-    for size in warmup_sizes:
-        [t.numpy() for t in fn(tf.zeros([size, *release.input.shape], dtype))]
-    warmup = time.monotonic() - warm_started
-    served = ServedModel(release, signature, fn, tf, memory_bytes=max(0, resident_bytes() - before))
-    return served, warmup
+    return release
 
 
-def signature_of(model: Any) -> Signature:
-    """The model's own input and output names, dtypes and shapes (Keras names outputs by layer)."""
-
-    def info(tensor: Any, name: str) -> TensorInfo:
-        shape = tuple(-1 if d is None else int(d) for d in tensor.shape)
-        return TensorInfo(name=name, dtype=str(tensor.dtype), shape=shape)
-
-    inputs = tuple(info(t, t.name) for t in model.inputs)
-    outputs = []
-    for i, t in enumerate(model.outputs):
-        history = getattr(t, "_keras_history", None)
-        layer = getattr(history, "operation", None) if history is not None else None
-        outputs.append(info(t, getattr(layer, "name", None) or f"output_{i}"))
-    return Signature(inputs, tuple(outputs))
+def _load_one(
+    release: Release, tf: ModuleType | None, keras: ModuleType | None, settings: Settings
+) -> tuple[ServedModel, float]:
+    before = resident_bytes()
+    if release.framework == "keras":
+        loaded = load_keras(release, tf, keras, settings.warmup_batch_sizes)
+    elif release.framework == "sklearn":
+        loaded = load_sklearn(release)
+    else:
+        loaded = load_onnx(release, settings.tf_intra_op_threads or 1)
+    memory = max(0, resident_bytes() - before)
+    return ServedModel(release, loaded.signature, loaded.call, loaded.runtime, memory), loaded.warmup_seconds
 
 
 def resident_bytes(pid: int | str = "self") -> int:

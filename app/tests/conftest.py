@@ -173,6 +173,34 @@ def multi_client(multi_app):
 def uwsgi_server(tmp_path_factory, models_dir) -> Iterator[str]:
     """A real uWSGI: master, lazy-apps, 2 processes, HTTP on 127.0.0.1, multiprocess metrics,
     serving the digits model (the default) and two versions of the iris model."""
+    yield from serve_uwsgi(tmp_path_factory, models_dir)
+
+
+KINDS = ["tagger", "wine", "diabetes", "digits-onnx"]
+
+
+def kinds_dir(root: Path, kinds: list[str] = KINDS) -> Path:
+    """A model folder with the demo model of every kind beside the image classifiers: text
+    (tagger), scikit-learn (wine), regression (diabetes), ONNX (digits-onnx)."""
+    for name in kinds:
+        shutil.copytree(ROOT / "files" / "models" / name / "1", root / name / "1")
+    (root / "models.json").write_text(json.dumps({"models": [{"name": n, "versions": ["1"]} for n in kinds]}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def kinds(tmp_path_factory) -> Path:
+    return kinds_dir(tmp_path_factory.mktemp("kinds") / "model")
+
+
+@pytest.fixture(scope="session")
+def kinds_server(tmp_path_factory, kinds) -> Iterator[str]:
+    """A real uWSGI serving every kind's demo model."""
+    yield from serve_uwsgi(tmp_path_factory, kinds)
+
+
+def serve_uwsgi(tmp_path_factory, models_dir: Path) -> Iterator[str]:
+    """Run uWSGI on a model folder until the generator is closed; yields its base URL."""
     port = free_port()
     metrics_dir = tmp_path_factory.mktemp("metrics")
     log = tmp_path_factory.mktemp("log") / "uwsgi.log"

@@ -36,8 +36,8 @@ def test_readyz_lists_every_model_default_first(multi_client):
     assert body["status"] == "ready"
     assert (body["model"], body["version"]) == ("digits", "1")
     assert body["models"] == [
-        {"name": "digits", "versions": ["1"], "input": "image"},
-        {"name": "iris", "versions": ["1", "2"], "input": "tensor", "features": FEATURES},
+        {"name": "digits", "versions": ["1"], "input": "image", "task": "classification"},
+        {"name": "iris", "versions": ["1", "2"], "input": "tensor", "task": "classification", "features": FEATURES},
     ]
 
 

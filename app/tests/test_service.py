@@ -37,7 +37,7 @@ def test_readyz_is_503_until_loaded_then_200():
         "version": "1",
         "device": "/device:CPU:0",
         "release": None,
-        "models": [{"name": "digits", "versions": ["1"], "input": "image"}],
+        "models": [{"name": "digits", "versions": ["1"], "input": "image", "task": "classification"}],
     }
 
 

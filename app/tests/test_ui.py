@@ -118,3 +118,46 @@ def test_upload_of_a_non_image_shows_the_error(browser, uwsgi_server, tmp_path):
     WebDriverWait(browser, 20).until(ec.text_to_be_present_in_element((By.ID, "status"), "Error"))
     assert browser.find_element(By.ID, "status").text.startswith("Error 415:")
     assert browser.find_elements(By.CSS_SELECTOR, "#results li") == []
+
+
+def test_a_text_model_gets_a_text_box_and_its_tags(browser, kinds_server):
+    browser.get(kinds_server + "/")
+    WebDriverWait(browser, 20).until(ec.text_to_be_present_in_element((By.ID, "model"), "Model tagger"))
+    assert browser.find_element(By.ID, "image-field").is_displayed() is False
+    browser.find_element(By.ID, "text").send_keys("Bob works for Acme in Rome")
+    browser.find_element(By.ID, "submit").click()
+    WebDriverWait(browser, 20).until(ec.text_to_be_present_in_element((By.ID, "status"), "Tags"))
+    assert browser.find_element(By.ID, "status").text == "Tags: PER O O ORG O LOC"
+    rows = [r.text.split() for r in browser.find_elements(By.CSS_SELECTOR, "#results li")]
+    assert [r[:2] for r in rows] == [
+        ["bob", "PER"],
+        ["works", "O"],
+        ["for", "O"],
+        ["acme", "ORG"],
+        ["in", "O"],
+        ["rome", "LOC"],
+    ]
+
+
+def test_a_regression_model_shows_its_named_outputs(browser, kinds_server):
+    browser.get(kinds_server + "/")
+    WebDriverWait(browser, 20).until(ec.text_to_be_present_in_element((By.ID, "model"), "Model tagger"))
+    Select(browser.find_element(By.ID, "model-select")).select_by_value("diabetes")
+    values = {
+        "age": 59,
+        "sex": 2,
+        "bmi": 32.1,
+        "bp": 101,
+        "s1": 157,
+        "s2": 93.2,
+        "s3": 38,
+        "s4": 4,
+        "s5": 4.86,
+        "s6": 87,
+    }
+    for name, value in values.items():
+        browser.find_element(By.CSS_SELECTOR, f'#features input[name="{name}"]').send_keys(str(value))
+    browser.find_element(By.ID, "submit").click()
+    WebDriverWait(browser, 20).until(ec.text_to_be_present_in_element((By.ID, "status"), "Outputs"))
+    names = [r.text.split()[0] for r in browser.find_elements(By.CSS_SELECTOR, "#results li")]
+    assert names == ["progression", "high_risk"]

@@ -40,7 +40,7 @@ def readyz():
 def _summary(model: ServedModel, versions: list[str]) -> dict:
     """What a client (the upload page) needs to pick a model and send it an instance."""
     spec = model.release.input
-    summary = {"name": model.name, "versions": versions, "input": spec.kind}
+    summary = {"name": model.name, "versions": versions, "input": spec.kind, "task": model.release.task}
     if getattr(spec, "features", ()):
         summary["features"] = list(spec.features)
     return summary
@@ -54,6 +54,7 @@ def _describe(model: ServedModel) -> dict:
         **model.release.describe(),
         "signature": {"inputs": tensors(model.signature.inputs), "outputs": tensors(model.signature.outputs)},
         "memory_bytes": model.memory_bytes,
+        "runtime": model.runtime,
     }
 
 

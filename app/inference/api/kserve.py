@@ -26,7 +26,7 @@ from flask import Blueprint, Response, request
 
 from .. import __version__
 from ..errors import ApiError
-from ..preprocess import InputError
+from ..preprocess import InputError, text_batch
 from ..runtime import ModelNotFound, ServedModel, TensorInfo
 from . import infer, ready_runtime, runtime
 
@@ -168,6 +168,8 @@ def _input_batch(model: ServedModel, body: dict, binary: bytes) -> np.ndarray:
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise InputError("invalid_shape", f"input '{spec.name}': shape must be a list of non-negative integers")
+    if datatype == "BYTES":
+        return _text_batch(model, spec, tensor, shape, binary)
     if len(shape) != len(spec.shape) or any(s not in (-1, d) for s, d in zip(spec.shape[1:], shape[1:], strict=True)):
         raise InputError(
             "invalid_shape", f"input '{spec.name}': shape {shape} given, the model takes {list(spec.shape)}"
@@ -205,6 +207,39 @@ def _input_batch(model: ServedModel, body: dict, binary: bytes) -> np.ndarray:
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise InputError("invalid_value", f"input '{spec.name}': NaN or infinite values")
     return arr
+
+
+def _text_batch(model: ServedModel, spec: TensorInfo, tensor: dict, shape: list, binary: bytes) -> np.ndarray:
+    """A text model's strings: shape [N] (or [N, 1]), as JSON strings or the binary extension's
+    length-prefixed elements."""
+    if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
+        raise InputError("invalid_shape", f"input '{spec.name}': shape {shape} given, the model takes [-1] or [-1, 1]")
+    count = shape[0]
+    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    if size is not None:
+        if "data" in tensor or size != len(binary):
+            raise InputError(
+                "invalid_request", f"input '{spec.name}': binary_data_size is {size}, the body holds {len(binary)}"
+            )
+        values, offset = [], 0
+        while offset < len(binary):
+            if offset + 4 > len(binary):
+                raise InputError("invalid_request", f"input '{spec.name}': truncated BYTES element")
+            (length,) = struct.unpack_from("<I", binary, offset)
+            values.append(binary[offset + 4 : offset + 4 + length])
+            if len(values[-1]) != length:
+                raise InputError("invalid_request", f"input '{spec.name}': truncated BYTES element")
+            offset += 4 + length
+    else:
+        data = tensor.get("data")
+        if not isinstance(data, list):
+            raise InputError("invalid_request", f"input '{spec.name}' has no data")
+        values = [v for row in data for v in (row if isinstance(row, list) else [row])]
+    if len(values) != count:
+        raise InputError(
+            "invalid_shape", f"input '{spec.name}': shape {shape} needs {count} strings, got {len(values)}"
+        )
+    return text_batch(values, model.release.input, ready_runtime().settings.max_batch)
 
 
 def _requested(model: ServedModel, body: dict) -> list[tuple[int, dict]]:

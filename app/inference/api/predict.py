@@ -1,8 +1,14 @@
-"""``POST /predict``: one instance in (an uploaded image, or a tabular model's features as
-JSON), the top-k labels out; for a segmentation model (metadata ``"task": "segmentation"``) the
-per-pixel class map, as JSON or, with ``?format=png`` (or ``Accept: image/png``), as a PNG whose
-pixel values are the class indices. ``?model=<name>`` (or a multipart field ``model``) picks the model,
-``?version=<v>`` its version; the defaults are the first declared model and its latest version."""
+"""``POST /predict``: one instance in (an uploaded image, a tabular model's features as JSON, or
+a text model's ``{"text": "..."}``), and out, by the release's task:
+
+- classification: the top-k labels;
+- segmentation: the per-pixel class map, as JSON or, with ``?format=png`` (or ``Accept:
+  image/png``), as a PNG whose pixel values are the class indices;
+- tagging: each token with its tag (a text model's per-token outputs);
+- regression (no labels): every output, named as the model names it.
+
+``?model=<name>`` (or a multipart field ``model``) picks the model, ``?version=<v>`` its version;
+the defaults are the first declared model and its latest version."""
 
 from __future__ import annotations
 
@@ -14,7 +20,8 @@ from flask import Blueprint, Response, jsonify, request
 from PIL import Image
 
 from ..errors import ApiError
-from ..preprocess import decode_image, feature_row
+from ..preprocess import decode_image, feature_row, text_value
+from ..release import TextSpec
 from ..runtime import ServedModel
 from . import find_model, infer
 
@@ -25,18 +32,40 @@ bp = Blueprint("predict", __name__)
 def predict():
     model = find_model(_field("model"), _field("version"))
     release = model.release
-    if release.extra.get("task") == "segmentation":
-        batch = decode_image(_image_bytes(), release.input, model_settings().max_image_pixels)[None]
-        return segmentation(model, infer(model, batch)[0][0])
-    if not release.labels:
-        raise ApiError(400, "not_a_classifier", f"{model.name} has no labels; use /v1/models/{model.name}:predict")
-    top_k = _top_k(len(release.labels), release.top_k)
+    task = release.task
+    top_k = _top_k(len(release.labels), release.top_k) if task == "classification" else 0
+    text = ""
     if release.input.kind == "image":
         batch = decode_image(_image_bytes(), release.input, model_settings().max_image_pixels)[None]
+    elif release.input.kind == "text":
+        text = _text(release.input)
+        batch = np.array([text], dtype=object)
     else:
         batch = feature_row(_json_body(), release.input)[None]
-    probs = infer(model, batch)[0][0]
-    return jsonify(**ranked(model, probs, top_k))
+    outputs = infer(model, batch)
+    if task == "segmentation":
+        return segmentation(model, outputs[0][0])
+    if task == "tagging":
+        return jsonify(**tagged(model, text, outputs[0][0]))
+    if task == "classification":
+        return jsonify(**ranked(model, outputs[0][0], top_k))
+    names = [o.name for o in model.signature.outputs]
+    return jsonify(
+        outputs={n: out[0].tolist() for n, out in zip(names, outputs, strict=True)},
+        model={"name": model.name, "version": model.version},
+    )
+
+
+def tagged(model: ServedModel, text: str, scores: np.ndarray) -> dict:
+    """``scores``: [sequence_length, tags] for one text; each token's best tag, by position."""
+    tokens = model.release.input.tokens(text)
+    labels = model.release.labels
+    best = scores.argmax(axis=-1)
+    rows = [
+        {"token": token, "tag": labels[int(best[i])], "probability": float(scores[i, best[i]])}
+        for i, token in enumerate(tokens[: len(best)])
+    ]
+    return {"tokens": rows, "model": {"name": model.name, "version": model.version}}
 
 
 def ranked(model: ServedModel, probs: np.ndarray, top_k: int) -> dict:
@@ -99,6 +128,20 @@ def _json_body() -> object:
         return json.loads(request.get_data(cache=False) or b"null")
     except (ValueError, RecursionError) as exc:
         raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from exc
+
+
+def _text(spec: TextSpec) -> str:
+    """A text model's input: ``{"text": "..."}`` as JSON, or the body itself as text/plain."""
+    if request.mimetype == "text/plain":
+        raw: object = request.get_data(cache=False)
+    else:
+        if request.mimetype != "application/json":
+            raise ApiError(415, "unsupported_media", 'send {"text": "..."} as application/json, or text/plain')
+        body = _json_body()
+        if not isinstance(body, dict) or set(body) != {"text"}:
+            raise ApiError(400, "invalid_request", 'the body must be {"text": "..."}')
+        raw = body["text"]
+    return text_value(raw, spec, "text")
 
 
 def _image_bytes() -> bytes:

@@ -5,6 +5,8 @@ const select = document.getElementById("model-select");
 const input = document.getElementById("image");
 const imageField = document.getElementById("image-field");
 const features = document.getElementById("features");
+const textField = document.getElementById("text-field");
+const text = document.getElementById("text");
 const statusLine = document.getElementById("status");
 const results = document.getElementById("results");
 const preview = document.getElementById("preview");
@@ -19,12 +21,15 @@ function showModel() {
   document.getElementById("model").textContent =
     `Model ${model.name}, version ${model.versions[model.versions.length - 1]}`;
   const image = model.input === "image";
+  const isText = model.input === "text";
   imageField.hidden = !image;
   input.required = image;
   preview.hidden = !image || !input.files.length;
-  features.hidden = image;
+  textField.hidden = !isText;
+  text.required = isText;
+  features.hidden = image || isText;
   features.replaceChildren(Object.assign(document.createElement("legend"), { textContent: "Features" }));
-  for (const name of image ? [] : model.features || []) {
+  for (const name of image || isText ? [] : model.features || []) {
     const label = document.createElement("label");
     label.textContent = name;
     const field = Object.assign(document.createElement("input"), { type: "number", step: "any", required: true, name });
@@ -56,6 +61,38 @@ input.addEventListener("change", () => {
     preview.hidden = false;
   }
 });
+
+function showRows(rows) {
+  for (const [name, value] of rows) {
+    const li = document.createElement("li");
+    const label = document.createElement("span");
+    label.className = "label";
+    label.textContent = name;
+    const val = document.createElement("span");
+    val.className = "prob";
+    val.textContent = value;
+    li.append(label, val);
+    results.append(li);
+  }
+}
+
+// What a model answers, by its task: top labels, a tag per token, pixels per class, named outputs.
+function showAnswer(data) {
+  if (data.predictions) {
+    statusLine.textContent = `Best prediction: ${data.best_prediction}`;
+    statusLine.dataset.label = data.best_prediction;
+    showBars(data.predictions);
+  } else if (data.tokens) {
+    statusLine.textContent = `Tags: ${data.tokens.map((t) => t.tag).join(" ")}`;
+    showRows(data.tokens.map((t) => [t.token, `${t.tag} ${(t.probability * 100).toFixed(1)}%`]));
+  } else if (data.pixels) {
+    statusLine.textContent = "Pixels per class";
+    showRows(Object.entries(data.pixels));
+  } else {
+    statusLine.textContent = "Outputs";
+    showRows(Object.entries(data.outputs).map(([k, v]) => [k, v.map((x) => x.toPrecision(4)).join(", ")]));
+  }
+}
 
 function showBars(predictions) {
   for (const p of predictions) {
@@ -89,6 +126,8 @@ form.addEventListener("submit", async (event) => {
     const body = new FormData();
     body.append("image", input.files[0]);
     request = { method: "POST", body };
+  } else if (model.input === "text") {
+    request = { method: "POST", body: JSON.stringify({ text: text.value }), headers: { "Content-Type": "application/json" } };
   } else {
     const values = {};
     for (const field of features.querySelectorAll("input")) values[field.dataset.feature] = Number(field.value);
@@ -104,9 +143,7 @@ form.addEventListener("submit", async (event) => {
       statusLine.textContent = `Error ${response.status}: ${data.error}`;
       return;
     }
-    statusLine.textContent = `Best prediction: ${data.best_prediction}`;
-    statusLine.dataset.label = data.best_prediction;
-    showBars(data.predictions);
+    showAnswer(data);
     // nginx names the app host that answered (a balancer adds its own name after it).
     const servedBy = response.headers.get("X-Served-By");
     document.getElementById("answer-model").textContent = `${data.model.name} version ${data.model.version}`;

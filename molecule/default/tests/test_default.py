@@ -182,8 +182,14 @@ def test_readyz_and_metrics_count_requests(host):
         "device": "/device:CPU:0",
         "release": current,
         "models": [
-            {"name": "digits", "versions": ["1"], "input": "image"},
-            {"name": "iris", "versions": ["1"], "input": "tensor", "features": body["models"][1].get("features")},
+            {"name": "digits", "versions": ["1"], "input": "image", "task": "classification"},
+            {
+                "name": "iris",
+                "versions": ["1"],
+                "input": "tensor",
+                "task": "classification",
+                "features": body["models"][1].get("features"),
+            },
         ],
     }
     assert body["models"][1]["features"] == ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm"]

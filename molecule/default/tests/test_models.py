@@ -131,3 +131,71 @@ def test_a_layout_larger_than_the_host_is_refused_with_the_numbers(host, iris_ba
     assert "100000 workers x 610 MiB" in words, words[-2000:]
     assert "Serve fewer versions (version_policy) or models, or run fewer workers." in words
     assert host.file("/opt/funfleet/current").linked_to == before
+
+
+def test_every_model_kind_next_to_digits_through_nginx(host, iris_base):
+    """Text (Keras, tokenizer inside), scikit-learn (joblib), regression with two named outputs
+    and an ONNX export (ONNX Runtime, NCHW) beside the digits CNN, from the host's own wheels."""
+    kinds = ["tagger", "wine", "diabetes", "digits-onnx"]
+    models = [
+        {"name": "digits", "base_path": "digits"},
+        {"name": "iris", "base_path": str(iris_base), "version_policy": {"latest": 1}},
+    ] + [{"name": name, "base_path": name} for name in kinds]
+    result = playbook("deploy.yml", "-e", json.dumps({"app_release_models": models}))
+    assert result.returncode == 0, result.stdout[-3000:]
+    wait_ready()
+    body = readyz()
+    assert [(m["name"], m["task"]) for m in body["models"]] == [
+        ("digits", "classification"),
+        ("iris", "classification"),
+        ("tagger", "tagging"),
+        ("wine", "classification"),
+        ("diabetes", "regression"),
+        ("digits-onnx", "classification"),
+    ]
+    # The ONNX export's reference file went with it and its sha256 was checked.
+    assert host.file("/opt/funfleet/current/model/digits-onnx/1/reference.npz").exists
+    assert host.file("/opt/funfleet/current/model/wine/1/model.joblib").mode == 0o644
+
+    tagged = requests.post(f"{BASE}/predict?model=tagger", json={"text": "Bob works for Acme in Rome"}, timeout=10)
+    assert tagged.status_code == 200
+    assert [(t["token"], t["tag"]) for t in tagged.json()["tokens"]] == [
+        ("bob", "PER"),
+        ("works", "O"),
+        ("for", "O"),
+        ("acme", "ORG"),
+        ("in", "O"),
+        ("rome", "LOC"),
+    ]
+    wine_features = json.loads((ROOT / "files" / "models" / "wine" / "1" / "metadata.json").read_text())["input"]
+    row = [13.2, 1.78, 2.14, 11.2, 100.0, 2.65, 2.76, 0.26, 1.28, 4.38, 1.05, 3.4, 1050.0]
+    wine = requests.post(
+        f"{BASE}/predict?model=wine", json=dict(zip(wine_features["features"], row, strict=True)), timeout=10
+    )
+    assert wine.status_code == 200
+    assert wine.json()["best_prediction"] == "class_0"
+    diabetes = requests.post(
+        f"{BASE}/v1/models/diabetes:predict",
+        json={"instances": [[59, 2, 32.1, 101, 157, 93.2, 38, 4, 4.86, 87]]},
+        timeout=10,
+    )
+    assert diabetes.status_code == 200
+    assert set(diabetes.json()["predictions"][0]) == {"progression", "high_risk"}
+    png = (ROOT / "files" / "samples" / "digits" / "7.png").read_bytes()
+    onnx = requests.post(
+        f"{BASE}/predict?model=digits-onnx", data=png, headers={"Content-Type": "image/png"}, timeout=10
+    )
+    assert onnx.status_code == 200
+    assert onnx.json()["best_prediction"] == "7"
+    with httpclient.InferenceServerClient(BASE.removeprefix("http://"), network_timeout=30) as client:
+        text = httpclient.InferInput("text", [1], "BYTES")
+        text.set_data_from_numpy(np.array([b"Alice flew to Paris"], dtype=np.object_))
+        tags = client.infer("tagger", [text]).as_numpy("tags")
+        assert tags.shape == (1, 24, 5)
+        assert tags[0, 0].argmax() == 1  # alice: PER
+    # The numbers for the issue's note: each model's memory in a worker, and the worker's.
+    meta = requests.get(f"{BASE}/metadata", timeout=5).json()
+    lines = [f"{m['name']}:{m['version']} {m['runtime']} {m['memory_bytes'] / 2**20:.1f} MiB" for m in meta["models"]]
+    lines.append(f"worker {meta['runtime']['resident_bytes'] / 2**20:.0f} MiB")
+    (ROOT / ".cache").mkdir(exist_ok=True)
+    (ROOT / ".cache" / "kinds-memory.txt").write_text("\n".join(lines) + "\n")

@@ -3,6 +3,7 @@
 app_release_resolve_models: each declared model's version folders (TF Serving's layout: a base
 path holding one folder per version), chosen by its version policy, with each version's metadata.
 app_release_model_memory_mb: the memory one worker needs for those versions (an estimate).
+app_release_files: every file to ship, one row per (model, version, file).
 """
 
 from __future__ import annotations
@@ -15,12 +16,18 @@ try:
 except ImportError:  # the unit tests import this file without Ansible's error classes
     AnsibleFilterError = ValueError  # type: ignore[misc,assignment]
 
-# Measured (make bench, a 2-core VM): a worker with TensorFlow, Keras and the app, before any
-# model, holds about 560 MiB; a loaded and warmed Keras model adds about 8 MiB plus 16 times
-# its file's size (the digits CNN: 1.6 MB on disk, 32 MiB in a worker).
-WORKER_BASE_MB = 560
-MODEL_BASE_MB = 8
-MODEL_FILE_FACTOR = 16
+# The model file each framework saves (the app's release format: inference/release.py).
+MODEL_FILES = {"keras": "model.keras", "sklearn": "model.joblib", "onnx": "model.onnx"}
+
+# Measured (a 2-core VM): a worker with the app alone holds about 48 MiB. Each framework it
+# imports adds its runtime once: TensorFlow and Keras about 512 MiB, scikit-learn (with SciPy)
+# about 88 MiB, ONNX Runtime about 32 MiB. A loaded and warmed Keras model adds about 8 MiB plus
+# 16 times its file's size (the digits CNN: 1.6 MB on disk, 32 MiB in a worker); a joblib or ONNX
+# model about 2 MiB plus 4 times its size (wine: 8 MiB with scikit-learn already imported).
+WORKER_BASE_MB = 48
+FRAMEWORK_MB = {"keras": 512, "sklearn": 88, "onnx": 32}
+MODEL_BASE_MB = {"keras": 8, "sklearn": 2, "onnx": 2}
+MODEL_FILE_FACTOR = {"keras": 16, "sklearn": 4, "onnx": 4}
 
 
 def _version_key(version: str) -> tuple[int, int | str]:
@@ -31,14 +38,25 @@ def _read_version(name: str, folder: str) -> dict:
     try:
         with open(os.path.join(folder, "metadata.json")) as fh:
             meta = json.load(fh)
-        size = os.path.getsize(os.path.join(folder, "model.keras"))
-    except (OSError, ValueError) as exc:
+        framework = str(meta.get("framework", "keras"))
+        if framework not in MODEL_FILES:
+            raise ValueError(f"unknown framework {framework!r}, one of {sorted(MODEL_FILES)}")
+        extra = sorted(str(f) for f in dict(meta.get("files") or {}))
+        if any("/" in f or f.startswith(".") for f in extra):
+            raise ValueError(f"files must be plain names in the release folder: {extra}")
+        size = os.path.getsize(os.path.join(folder, MODEL_FILES[framework]))
+        for other in extra:
+            os.stat(os.path.join(folder, other))
+    except (OSError, ValueError, TypeError) as exc:
         raise AnsibleFilterError(f"model {name}: {folder} is not a model release ({exc})") from exc
     if str(meta.get("name")) != name:
         raise AnsibleFilterError(f"model {name}: {folder} holds model {meta.get('name')!r}, not {name!r}")
     return {
         "version": str(meta.get("version")),
         "src": folder,
+        "framework": framework,
+        "model_file": MODEL_FILES[framework],
+        "files": [MODEL_FILES[framework], "labels.json", "metadata.json", *extra],
         "sha256": str(meta.get("sha256", "")),
         "size": size,
         "meta": meta,
@@ -103,18 +121,34 @@ def app_release_resolve_models(models: list[dict], model_src: str = "", models_d
 
 def app_release_model_memory_mb(resolved: list[dict]) -> int:
     """Estimated resident memory of one worker serving these model versions (MiB)."""
+    versions = [version for model in resolved for version in model["versions"]]
+    frameworks = {version.get("framework", "keras") for version in versions}
     per_model = sum(
-        MODEL_BASE_MB + MODEL_FILE_FACTOR * version["size"] / 2**20
-        for model in resolved
-        for version in model["versions"]
+        MODEL_BASE_MB[fw] + MODEL_FILE_FACTOR[fw] * version["size"] / 2**20
+        for version in versions
+        for fw in [version.get("framework", "keras")]
     )
-    return int(WORKER_BASE_MB + per_model + 0.5)
+    return int(WORKER_BASE_MB + sum(FRAMEWORK_MB[fw] for fw in frameworks) + per_model + 0.5)
 
 
 def app_release_version_dir(pair: list, root: str) -> str:
     """The folder of one (model, version) pair under a release's model folder."""
     model, version = pair
     return f"{root}/{model['name']}/{version['version']}"
+
+
+def app_release_files(resolved: list[dict], root: str) -> list[dict]:
+    """One row per file to ship: its source on the controller and its path under ``root``."""
+    return [
+        {
+            "label": f"{model['name']}:{version['version']}/{name}",
+            "src": os.path.join(version["src"], name),
+            "dest": f"{root}/{model['name']}/{version['version']}/{name}",
+        }
+        for model in resolved
+        for version in model["versions"]
+        for name in version["files"]
+    ]
 
 
 def app_release_manifest(resolved: list[dict]) -> list[dict]:
@@ -135,5 +169,6 @@ class FilterModule:
             "app_release_resolve_models": app_release_resolve_models,
             "app_release_version_dir": app_release_version_dir,
             "app_release_manifest": app_release_manifest,
+            "app_release_files": app_release_files,
             "app_release_model_memory_mb": app_release_model_memory_mb,
         }
