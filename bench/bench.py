@@ -6,6 +6,8 @@ typical vision model: inference dominates). For each, in one run on this machine
   funfleet  what an app host runs: nginx -> uWSGI over a unix socket (master, lazy-apps,
             2 workers, TF threads 1/worker); once over HTTP, once over HTTPS (the cost of TLS:
             a throwaway self-signed P-256 certificate, TLS 1.3, keep-alive connections);
+  funfleet LiteRT  the same host serving the release converted by scripts/convert-release
+            (LiteRT with XNNPACK, parity-gated against Keras; no TensorFlow in the workers);
   gunicorn  the same app under gunicorn's documented deployment: 2 sync workers behind nginx;
   uWSGI     uWSGI alone behind its own keep-alive HTTP router (what `make serve-app` runs);
   flask-dev the old recipe: Flask dev server, model.predict() per request;
@@ -141,6 +143,28 @@ def post_script(script: Path, content_type: str, body: bytes) -> Path:
     return script
 
 
+def litert_release(case: Case, tmp: Path) -> Path | None:
+    """The case's release converted to LiteRT (parity-gated against Keras on the case's sample);
+    None, with the reason, if the conversion is refused."""
+    samples = tmp / f"samples-{case.model_dir.parent.name}"
+    samples.mkdir()
+    (samples / case.filename).write_bytes(case.sample)
+    out = tmp / f"litert-{case.model_dir.parent.name}" / "1"
+    cmd = [sys.executable, str(ROOT / "scripts" / "convert-release"), str(case.model_dir), "--out", str(out)]
+    result = subprocess.run(
+        [*cmd, "--samples", str(samples), "--max-abs-diff", "1e-3"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(APP)},
+    )
+    if result.returncode != 0:
+        print(f"no LiteRT row for {case.name}: {result.stderr.strip()[-500:]}")
+        return None
+    return out
+
+
 def load(url: str, conns: int, seconds: int, script: Path) -> dict:
     out = subprocess.run(
         [
@@ -261,6 +285,21 @@ class Server:
         for proc in reversed(self.procs):
             stop(proc)
 
+    def worker_mib(self) -> float:
+        """The largest resident memory among the backend's workers (itself if it has none)."""
+        root = self.procs[0].pid
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == root:
+                children.append(int(stat.parent.name))
+        from inference.runtime import resident_bytes
+
+        return max(resident_bytes(pid) for pid in children or [root]) / 2**20
+
 
 def spawn(cmd: list[str], env: dict, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(
@@ -300,16 +339,21 @@ def uwsgi_command(workers: int) -> list[str]:
     return [str(BIN / "uwsgi"), "--ini", str(BASE_INI), "--processes", str(workers), "--module", "wsgi:app"]
 
 
-def servers(workers: int, env: dict, tmp: Path) -> list[Server]:
+def servers(workers: int, env: dict, tmp: Path, litert_dir: Path | None) -> list[Server]:
     w = str(workers)
     uwsgi = uwsgi_command(workers)
 
     def app_env() -> dict:
         return {**env, "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(dir=tmp)}
 
+    lite = []
+    if litert_dir is not None:
+        lite_env = {**app_env(), "FUNFLEET_MODEL_DIR": str(litert_dir)}
+        lite = [Server("funfleet LiteRT", [*uwsgi, "--socket", "{sock}"], lite_env, APP, ROLE_SITE)]
     return [
         Server("funfleet nginx>uWSGI", [*uwsgi, "--socket", "{sock}"], app_env(), APP, ROLE_SITE),
         Server("funfleet HTTPS", [*uwsgi, "--socket", "{sock}"], app_env(), APP, ROLE_SITE_TLS),
+        *lite,
         Server(
             "gunicorn nginx>gunicorn",
             [str(BIN / "gunicorn"), "-w", w, "-b", "unix:{sock}", "wsgi:app"],
@@ -450,7 +494,8 @@ def run_case(case: Case, levels: list[int], args: argparse.Namespace, tmp: Path)
         "PATH": f"{os.environ.get('PATH', '')}:/usr/sbin",
     }
     rows = []
-    table = servers(args.workers, env, tmp)
+    memory = {}
+    table = servers(args.workers, env, tmp, litert_release(case, tmp))
     for i, server in enumerate(table):
         port = 18500 + i
         try:
@@ -458,6 +503,7 @@ def run_case(case: Case, levels: list[int], args: argparse.Namespace, tmp: Path)
             for c in levels:
                 url = f"{server.scheme}://127.0.0.1:{port}/predict"
                 rows.append((server.name, c, load(url, c, args.seconds, script)))
+            memory[server.name] = server.worker_mib()
         finally:
             server.stop()
 
@@ -466,17 +512,27 @@ def run_case(case: Case, levels: list[int], args: argparse.Namespace, tmp: Path)
         f"batch 32 = {raw[32]:.0f} img/s ({os.cpu_count()} cores; servers: {args.workers} workers; "
         "nginx and wrk share the cores)"
     )
-    print(f"{'server':24} {'conc':>4} {'img/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'served/raw':>10}")
+    print(
+        f"{'server':24} {'conc':>4} {'img/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'served/raw':>10} "
+        f"{'worker MiB':>10}"
+    )
     for name, c, r in rows:
         print(
             f"{name:24} {c:>4} {r['rps']:>8.1f} {r['p50']:>8.1f} {r['p99']:>8.1f} {r['errors']:>6} "
-            f"{r['rps'] / raw[1]:>10.2f}"
+            f"{r['rps'] / raw[1]:>10.2f} {memory[name]:>10.0f}"
         )
     ours = {c: r["rps"] for n, c, r in rows if n == table[0].name}
     tls = {c: r["rps"] for n, c, r in rows if n == table[1].name}
     top = levels[-1]
     print(f"cost of TLS at c={top}: HTTPS / HTTP = {tls[top] / ours[top]:.2f}x requests/s")
     for server in table[2:]:
+        if server.name == "funfleet LiteRT":
+            lite = {c: r["rps"] for n, c, r in rows if n == server.name}
+            print(
+                f"funfleet LiteRT / funfleet TensorFlow at c={top}: {lite[top] / ours[top]:.2f}x requests/s, "
+                f"worker memory {memory[server.name]:.0f} / {memory[table[0].name]:.0f} MiB"
+            )
+            continue
         theirs = {c: r["rps"] for n, c, r in rows if n == server.name}
         print(f"{table[0].name} / {server.name} at c={levels[-1]}: {ours[levels[-1]] / theirs[levels[-1]]:.2f}x")
     sys.stdout.flush()

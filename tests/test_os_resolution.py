@@ -12,7 +12,13 @@ from packaging.requirements import Requirement
 
 from conftest import HOSTS, ROOT
 
-COMMON = {"flask": "3.1.3", "werkzeug": "3.1.9", "prometheus-client": "0.26.0", "pyuwsgi": "2.0.30.post1"}
+COMMON = {
+    "flask": "3.1.3",
+    "werkzeug": "3.1.9",
+    "prometheus-client": "0.26.0",
+    "pyuwsgi": "2.0.30.post1",
+    "ai-edge-litert": "2.3.0",
+}
 MODERN = {"keras": "3.15.1", "numpy": "2.4.6", "pillow": "13.0.0", "scikit-learn": "1.9.1", "onnxruntime": "1.32.0"}
 PY310 = {"keras": "3.12.4", "numpy": "2.2.6", "pillow": "12.3.0", "scikit-learn": "1.7.2", "onnxruntime": "1.23.2"}
 

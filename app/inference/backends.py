@@ -6,7 +6,10 @@ batched call, ``numpy batch -> one numpy array per output``, and the model's own
   ``predict`` otherwise. Loading a pickle runs code: the release's sha256, checked before this
   runs, is the trust anchor;
 - ``onnx``: ONNX Runtime (a PyTorch export, or any ONNX model), checked at load against the
-  exporter's reference outputs stored in the release (``reference.npz``).
+  exporter's reference outputs stored in the release (``reference.npz``);
+- ``litert``: LiteRT with XNNPACK (a Keras model converted at release time, for CPU hosts: no
+  TensorFlow in the worker), checked at load against the Keras model's outputs the converter
+  stored (``reference.npz``).
 
 Frameworks are imported only when a release needs them, so a worker pays for what it serves.
 """
@@ -210,12 +213,75 @@ def load_onnx(release: Release, threads: int) -> Loaded:
     return Loaded(call, signature, warmup, f"onnxruntime {ort.__version__}")
 
 
+def load_litert(release: Release, threads: int) -> Loaded:
+    import threading
+
+    from ai_edge_litert import interpreter as litert
+
+    try:
+        interp = litert.Interpreter(model_path=str(release.model_file), num_threads=max(1, threads))
+        runner = interp.get_signature_runner()
+    except Exception as exc:  # LiteRT raises ValueError/RuntimeError for a bad flatbuffer
+        raise ReleaseError(f"LiteRT cannot load {release.model_file.name}: {exc}") from exc
+    inputs, outputs = runner.get_input_details(), runner.get_output_details()
+    del runner  # it holds views of the interpreter's tensors, which would block resizing
+    # The converter names outputs output_0, output_1...; the Keras names, in order, are in metadata.
+    keras_names = [str(n) for n in release.extra.get("output_names") or []]
+    litert_names = sorted(outputs, key=lambda n: (len(n), n))
+    names = keras_names if len(keras_names) == len(litert_names) else litert_names
+
+    def info(name: str, detail: dict) -> TensorInfo:
+        shape = _shape([-1, *[int(d) for d in detail["shape_signature"][1:]]])
+        return TensorInfo(name, np.dtype(detail["dtype"]).name, shape)
+
+    input_detail = next(iter(inputs.values()))
+    signature = Signature(
+        tuple(info(n, d) for n, d in inputs.items()),
+        tuple(info(shown, outputs[n]) for shown, n in zip(names, litert_names, strict=True)),
+    )
+    check_input(release, signature)
+    index, dtype = input_detail["index"], np.dtype(input_detail["dtype"])
+    out_indexes = [outputs[n]["index"] for n in litert_names]
+    lock = threading.Lock()  # one interpreter per model: calls from threads take turns
+    allocated: list[tuple[int, ...]] = [()]
+
+    def call(batch: np.ndarray) -> list[np.ndarray]:
+        x = np.ascontiguousarray(batch, dtype=dtype)
+        with lock:
+            if x.shape != allocated[0]:
+                interp.resize_tensor_input(index, list(x.shape), strict=False)
+                interp.allocate_tensors()
+                allocated[0] = x.shape
+            interp.set_tensor(index, x)
+            interp.invoke()
+            return [interp.get_tensor(i).copy() for i in out_indexes]
+
+    started = time.monotonic()
+    check_reference(release, call, [o.name for o in signature.outputs])
+    call(np.zeros((1, *release.input.shape), dtype))
+    warmup = time.monotonic() - started
+    version = getattr(litert, "__version__", "") or _dist_version("ai-edge-litert")
+    return Loaded(call, signature, warmup, f"litert {version}")
+
+
+def _dist_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def check_reference(release: Release, call: Call, names: list[str]) -> None:
     """Run the model on the exporter's reference inputs and compare with the exporter's outputs
-    (``reference.npz``: ``inputs`` and one array per output name). Required for ONNX releases: a
-    wrong export, opset or runtime answers wrongly without failing, so it is refused instead."""
+    (``reference.npz``: ``inputs`` and one array per output name). Required for ONNX and LiteRT
+    releases: a wrong export, opset, conversion or runtime answers wrongly without failing, so it
+    is refused instead."""
     if REFERENCE_FILE not in release.files:
-        raise ReleaseError(f"an ONNX release needs {REFERENCE_FILE} (the exporter's outputs), listed in files")
+        raise ReleaseError(
+            f"a {release.framework} release needs {REFERENCE_FILE} (the exporter's outputs), listed in files"
+        )
     tolerance = release.extra.get("reference_tolerance") or {}
     atol, rtol = float(tolerance.get("atol", 1e-4)), float(tolerance.get("rtol", 1e-3))
     with np.load(release.path / REFERENCE_FILE, allow_pickle=False) as ref:

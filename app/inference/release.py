@@ -2,7 +2,8 @@
 
 The metadata records which framework saved the model (``framework``: ``keras``, the default, in
 ``model.keras``; ``sklearn``, an estimator saved with joblib in ``model.joblib``; ``onnx``, e.g. a
-PyTorch export, in ``model.onnx``), what the model takes and how inputs must be prepared, and the
+PyTorch export, in ``model.onnx``; ``litert``, a Keras model converted for CPU hosts by
+``scripts/convert-release``, in ``model.tflite``), what the model takes and how inputs must be prepared, and the
 sha256 of the model file and of any other file it lists (``files``), checked before the model is
 ever deserialised. Three kinds of input:
 
@@ -24,7 +25,7 @@ from pathlib import Path
 
 MODEL_FILE = "model.keras"
 # framework -> the model file it saves
-FRAMEWORKS = {"keras": MODEL_FILE, "sklearn": "model.joblib", "onnx": "model.onnx"}
+FRAMEWORKS = {"keras": MODEL_FILE, "sklearn": "model.joblib", "onnx": "model.onnx", "litert": "model.tflite"}
 LABELS_FILE = "labels.json"
 RELEASE_FILE = "release.json"
 METADATA_FILE = "metadata.json"

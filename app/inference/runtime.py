@@ -17,7 +17,7 @@ from types import ModuleType
 import numpy as np
 
 from . import metrics
-from .backends import DTYPES, Call, Signature, TensorInfo, load_keras, load_onnx, load_sklearn
+from .backends import DTYPES, Call, Signature, TensorInfo, load_keras, load_litert, load_onnx, load_sklearn
 from .config import Settings
 from .models import Declared, discover, version_key
 from .release import Release, ReleaseError, read_release, read_release_id
@@ -199,6 +199,8 @@ def _load_one(
         loaded = load_keras(release, tf, keras, settings.warmup_batch_sizes)
     elif release.framework == "sklearn":
         loaded = load_sklearn(release)
+    elif release.framework == "litert":
+        loaded = load_litert(release, settings.tf_intra_op_threads or 1)
     else:
         loaded = load_onnx(release, settings.tf_intra_op_threads or 1)
     memory = max(0, resident_bytes() - before)

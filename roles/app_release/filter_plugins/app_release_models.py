@@ -17,17 +17,18 @@ except ImportError:  # the unit tests import this file without Ansible's error c
     AnsibleFilterError = ValueError  # type: ignore[misc,assignment]
 
 # The model file each framework saves (the app's release format: inference/release.py).
-MODEL_FILES = {"keras": "model.keras", "sklearn": "model.joblib", "onnx": "model.onnx"}
+MODEL_FILES = {"keras": "model.keras", "sklearn": "model.joblib", "onnx": "model.onnx", "litert": "model.tflite"}
 
 # Measured (a 2-core VM): a worker with the app alone holds about 48 MiB. Each framework it
 # imports adds its runtime once: TensorFlow and Keras about 512 MiB, scikit-learn (with SciPy)
-# about 88 MiB, ONNX Runtime about 32 MiB. A loaded and warmed Keras model adds about 8 MiB plus
-# 16 times its file's size (the digits CNN: 1.6 MB on disk, 32 MiB in a worker); a joblib or ONNX
-# model about 2 MiB plus 4 times its size (wine: 8 MiB with scikit-learn already imported).
+# about 88 MiB, ONNX Runtime about 32 MiB, LiteRT about 16 MiB. A loaded and warmed Keras model
+# adds about 8 MiB plus 16 times its file's size (the digits CNN: 1.6 MB on disk, 32 MiB in a
+# worker); a joblib, ONNX or LiteRT model about 2 MiB plus 4 times its size (wine: 8 MiB with
+# scikit-learn already imported; the digits CNN as LiteRT: a 66 MiB worker in all).
 WORKER_BASE_MB = 48
-FRAMEWORK_MB = {"keras": 512, "sklearn": 88, "onnx": 32}
-MODEL_BASE_MB = {"keras": 8, "sklearn": 2, "onnx": 2}
-MODEL_FILE_FACTOR = {"keras": 16, "sklearn": 4, "onnx": 4}
+FRAMEWORK_MB = {"keras": 512, "sklearn": 88, "onnx": 32, "litert": 16}
+MODEL_BASE_MB = {"keras": 8, "sklearn": 2, "onnx": 2, "litert": 2}
+MODEL_FILE_FACTOR = {"keras": 16, "sklearn": 4, "onnx": 4, "litert": 4}
 
 
 def _version_key(version: str) -> tuple[int, int | str]:
