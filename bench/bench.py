@@ -6,6 +6,8 @@ typical vision model: inference dominates). For each, in one run on this machine
   funfleet  what an app host runs: nginx -> uWSGI over a unix socket (master, lazy-apps,
             2 workers, TF threads 1/worker); once over HTTP, once over HTTPS (the cost of TLS:
             a throwaway self-signed P-256 certificate, TLS 1.3, keep-alive connections);
+  funfleet batching  the same with adaptive micro-batching (16 uWSGI threads a worker, batches of
+            up to 16, 2 ms wait);
   funfleet LiteRT  the same host serving the release converted by scripts/convert-release
             (LiteRT with XNNPACK, parity-gated against Keras; no TensorFlow in the workers);
   gunicorn  the same app under gunicorn's documented deployment: 2 sync workers behind nginx;
@@ -346,6 +348,8 @@ def servers(workers: int, env: dict, tmp: Path, litert_dir: Path | None) -> list
     def app_env() -> dict:
         return {**env, "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(dir=tmp)}
 
+    batch_env = {**app_env(), "FUNFLEET_BATCHING": "1", "FUNFLEET_BATCH_MAX_SIZE": "16"}
+    batching = Server("funfleet batching", [*uwsgi, "--threads", "16", "--socket", "{sock}"], batch_env, APP, ROLE_SITE)
     lite = []
     if litert_dir is not None:
         lite_env = {**app_env(), "FUNFLEET_MODEL_DIR": str(litert_dir)}
@@ -353,6 +357,7 @@ def servers(workers: int, env: dict, tmp: Path, litert_dir: Path | None) -> list
     return [
         Server("funfleet nginx>uWSGI", [*uwsgi, "--socket", "{sock}"], app_env(), APP, ROLE_SITE),
         Server("funfleet HTTPS", [*uwsgi, "--socket", "{sock}"], app_env(), APP, ROLE_SITE_TLS),
+        batching,
         *lite,
         Server(
             "gunicorn nginx>gunicorn",
@@ -526,6 +531,10 @@ def run_case(case: Case, levels: list[int], args: argparse.Namespace, tmp: Path)
     top = levels[-1]
     print(f"cost of TLS at c={top}: HTTPS / HTTP = {tls[top] / ours[top]:.2f}x requests/s")
     for server in table[2:]:
+        if server.name == "funfleet batching":
+            batched = {c: r["rps"] for n, c, r in rows if n == server.name}
+            print(f"funfleet batching / funfleet at c={top}: {batched[top] / ours[top]:.2f}x requests/s")
+            continue
         if server.name == "funfleet LiteRT":
             lite = {c: r["rps"] for n, c, r in rows if n == server.name}
             print(

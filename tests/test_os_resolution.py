@@ -91,12 +91,14 @@ def test_unit_layout(plans, host):
         assert "PrivateDevices=no" in unit
         assert "DeviceAllow=char-nvidia-frontend rw" in unit
         assert f"FUNFLEET_GPU_COUNT={GPUS[host]}" in plan["env"].splitlines()
+        assert "FUNFLEET_BATCHING=1" in plan["env"].splitlines()  # GPU workers batch
     else:
         assert plan["processes"] == 16
         assert plan["gpu_device_access"] is False
         assert "PrivateDevices=yes" in unit
         assert not [line for line in unit if line.startswith("DeviceAllow=")]
         assert "FUNFLEET_DEVICE=cpu" in plan["env"].splitlines()
+        assert not [line for line in plan["env"].splitlines() if line.startswith("FUNFLEET_BATCH")]
     # The rest of the hardening is the same on both.
     for line in ("NoNewPrivileges=yes", "ProtectSystem=strict", "CapabilityBoundingSet=", "DevicePolicy=closed"):
         assert line in unit

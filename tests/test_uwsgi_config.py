@@ -20,7 +20,19 @@ from conftest import HOSTS, ROOT
 
 BASE = ROOT / "roles" / "uwsgi" / "files" / "base.ini"
 # What a host's ini may add to the base: where the app is, where it listens, its control sockets.
-HOST_LINES = {"ini", "processes", "pythonpath", "chdir", "module", "socket", "chmod-socket", "stats", "master-fifo"}
+# Batching hosts add their threads.
+HOST_LINES = {
+    "ini",
+    "processes",
+    "threads",
+    "pythonpath",
+    "chdir",
+    "module",
+    "socket",
+    "chmod-socket",
+    "stats",
+    "master-fifo",
+}
 # What a local run may add: workers, where it listens, where the app is, its log.
 LOCAL_LINES = {
     "ini",
@@ -33,6 +45,7 @@ LOCAL_LINES = {
     "chdir",
     "logto",
     "add-header",
+    "threads",
 }
 
 

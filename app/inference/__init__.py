@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from flask import Flask, Response, g, request
 
 from . import logs, metrics
+from .batching import IN_FLIGHT
 from .config import Settings
 from .errors import register_error_handlers
 from .runtime import ModelRuntime
@@ -56,6 +57,14 @@ def _register_request_hooks(app: Flask, settings: Settings) -> None:
     @app.before_request
     def _start_timer() -> None:
         g.started = time.perf_counter()
+        if settings.batching:
+            IN_FLIGHT.enter()
+            g.in_flight = True
+
+    @app.teardown_request
+    def _done(_exc: BaseException | None) -> None:
+        if g.pop("in_flight", False):
+            IN_FLIGHT.exit()
 
     @app.after_request
     def _finish(response: Response) -> Response:

@@ -36,6 +36,14 @@ class Settings:
     # larger size only grows TensorFlow's arena up front (MobileNetV2: a 1.16 GB worker warmed at
     # 1, 8 and 32 against 0.66 GB at 1), so warm up only the sizes the host really serves.
     warmup_batch_sizes: tuple[int, ...] = (1,)
+    # Adaptive micro-batching (batching.py): requests a worker's threads hold at once run as one
+    # batch of at most batch_max_size rows, waiting at most batch_timeout_micros for batch-mates,
+    # padded to batch_sizes (default 1, 2, 4, ... batch_max_size), which are then the sizes
+    # warmed up. Needs uWSGI threads; off by default (see the uwsgi role's uwsgi_batching).
+    batching: bool = False
+    batch_max_size: int = 16
+    batch_timeout_micros: int = 2000
+    batch_sizes: tuple[int, ...] = ()
     # One JSON access line a request in the app's log (with the request id nginx passes on).
     access_log: bool = True
     # While this file exists the host is drained (its nginx's doing); /metrics reports it.
@@ -70,9 +78,9 @@ def _parse(name: str, raw: str):
         return Path(raw)
     if name in ("cors_origins",):
         return tuple(part.strip() for part in raw.split(",") if part.strip())
-    if name == "warmup_batch_sizes":
+    if name in ("warmup_batch_sizes", "batch_sizes"):
         return tuple(int(part) for part in raw.split(",") if part.strip())
-    if name in ("gpu_memory_growth", "access_log"):
+    if name in ("gpu_memory_growth", "access_log", "batching"):
         return raw.strip().lower() in ("1", "true", "yes", "on")
     if name in (
         "max_content_length",
@@ -81,6 +89,8 @@ def _parse(name: str, raw: str):
         "tf_intra_op_threads",
         "tf_inter_op_threads",
         "gpu_count",
+        "batch_max_size",
+        "batch_timeout_micros",
     ):
         return int(raw)
     return raw

@@ -8,6 +8,7 @@ import logging
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
+from .batching import BatchTimeout
 from .preprocess import InputError
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,12 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(InputError)
     def _input_error(exc: InputError):
         return error_response(INPUT_STATUS.get(exc.code, 422), exc.code, exc.message)
+
+    @app.errorhandler(BatchTimeout)
+    def _batch_timeout(exc: BatchTimeout):
+        response = error_response(503, "inference_timeout", str(exc))
+        response.headers["Retry-After"] = "1"
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

@@ -51,6 +51,16 @@ INFERENCE = Histogram(
     "funfleet_inference_duration_seconds", "Time spent in the compiled model call", buckets=LATENCY_BUCKETS
 )
 BATCH = Histogram("funfleet_inference_batch_size", "Instances per model call", buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+BATCH_PADDED = Histogram(
+    "funfleet_inference_batch_padded_size",
+    "Rows per model call after padding to a warmed-up size (micro-batching)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+BATCH_WAIT = Histogram(
+    "funfleet_inference_batch_wait_seconds",
+    "Time a request waited in its model's batch queue",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
+)
 INSTANCES = Counter("funfleet_predictions", "Instances predicted", ["model", "version"])
 MODEL_READY = Gauge(
     "funfleet_model_ready",

@@ -18,6 +18,7 @@ import numpy as np
 
 from . import metrics
 from .backends import DTYPES, Call, Signature, TensorInfo, load_keras, load_litert, load_onnx, load_sklearn
+from .batching import IN_FLIGHT, Batcher, padded_sizes
 from .config import Settings
 from .models import Declared, discover, version_key
 from .release import Release, ReleaseError, read_release, read_release_id
@@ -59,6 +60,11 @@ class ServedModel:
         """Run the model on a batch of ``[N, *input shape]``; one array per output, in the
         signature's order, each with N rows."""
         return self._call(batch)
+
+    @property
+    def batched(self) -> bool:
+        """Whether calls go through a micro-batcher (which records the batch sizes it runs)."""
+        return isinstance(self._call, Batcher)
 
 
 class ModelNotFound(LookupError):
@@ -195,8 +201,10 @@ def _load_one(
     release: Release, tf: ModuleType | None, keras: ModuleType | None, settings: Settings
 ) -> tuple[ServedModel, float]:
     before = resident_bytes()
+    sizes = batch_sizes(settings)
     if release.framework == "keras":
-        loaded = load_keras(release, tf, keras, settings.warmup_batch_sizes)
+        # Warm up what will really run: the padded sizes when batching, else the configured ones.
+        loaded = load_keras(release, tf, keras, sizes or settings.warmup_batch_sizes)
     elif release.framework == "sklearn":
         loaded = load_sklearn(release)
     elif release.framework == "litert":
@@ -204,7 +212,25 @@ def _load_one(
     else:
         loaded = load_onnx(release, settings.tf_intra_op_threads or 1)
     memory = max(0, resident_bytes() - before)
-    return ServedModel(release, loaded.signature, loaded.call, loaded.runtime, memory), loaded.warmup_seconds
+    call = loaded.call
+    if sizes:
+        call = Batcher(
+            call,
+            max_batch_size=settings.batch_max_size,
+            timeout_s=settings.batch_timeout_micros / 1e6,
+            sizes=sizes,
+            name=f"{release.name}-{release.version}",
+            in_flight=IN_FLIGHT,
+        )
+    return ServedModel(release, loaded.signature, call, loaded.runtime, memory), loaded.warmup_seconds
+
+
+def batch_sizes(settings: Settings) -> tuple[int, ...]:
+    """The padded batch sizes when batching is on (the largest being batch_max_size), else ()."""
+    if not settings.batching or settings.batch_max_size < 2:
+        return ()
+    sizes = tuple(sorted({s for s in settings.batch_sizes if 0 < s < settings.batch_max_size}))
+    return (*sizes, settings.batch_max_size) if sizes else padded_sizes(settings.batch_max_size)
 
 
 def resident_bytes(pid: int | str = "self") -> int:

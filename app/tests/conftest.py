@@ -199,7 +199,7 @@ def kinds_server(tmp_path_factory, kinds) -> Iterator[str]:
     yield from serve_uwsgi(tmp_path_factory, kinds)
 
 
-def serve_uwsgi(tmp_path_factory, models_dir: Path) -> Iterator[str]:
+def serve_uwsgi(tmp_path_factory, models_dir: Path, threads: int = 1, extra_env: dict | None = None) -> Iterator[str]:
     """Run uWSGI on a model folder until the generator is closed; yields its base URL."""
     port = free_port()
     metrics_dir = tmp_path_factory.mktemp("metrics")
@@ -208,8 +208,9 @@ def serve_uwsgi(tmp_path_factory, models_dir: Path) -> Iterator[str]:
         **os.environ,
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         "FUNFLEET_MODEL_DIR": str(models_dir),
+        **(extra_env or {}),
     }
-    cmd = uwsgi_command(f"127.0.0.1:{port}", log)
+    cmd = uwsgi_command(f"127.0.0.1:{port}", log) + (["--threads", str(threads)] if threads > 1 else [])
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -39,7 +39,8 @@ def infer(model: ServedModel, batch: np.ndarray) -> list[np.ndarray]:
     started = time.perf_counter()
     outputs = model.predict(batch)
     metrics.INFERENCE.observe(time.perf_counter() - started)
-    metrics.BATCH.observe(len(batch))
+    if not model.batched:
+        metrics.BATCH.observe(len(batch))
     metrics.INSTANCES.labels(model.name, model.version).inc(len(batch))
     return outputs
 

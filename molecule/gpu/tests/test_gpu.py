@@ -58,10 +58,19 @@ def test_worker_layout_and_tensorflow_settings(host, name):
         assert "FUNFLEET_DEVICE=gpu" in env  # a worker not on the GPU is not ready
         assert "FUNFLEET_GPU_MEMORY_GROWTH=1" in env
         assert "FUNFLEET_GPU_COUNT=1" in env
+        # GPU workers batch: 16 threads a worker, batches of up to 16 rows.
+        assert ini(host)["threads"] == "16"
+        assert [line for line in env if line.startswith("FUNFLEET_BATCH")] == [
+            "FUNFLEET_BATCHING=1",
+            "FUNFLEET_BATCH_MAX_SIZE=16",
+            "FUNFLEET_BATCH_TIMEOUT_MICROS=2000",
+        ]
     else:
         assert ini(host)["processes"] == host.check_output("nproc")  # one per core
         assert "FUNFLEET_DEVICE=cpu" in env
         assert not [line for line in env if line.startswith("FUNFLEET_GPU")]
+        assert "threads" not in ini(host)
+        assert not [line for line in env if line.startswith("FUNFLEET_BATCH")]
 
 
 def test_wheel_set_selected(host, name):
