@@ -10,6 +10,9 @@ typical vision model: inference dominates). For each, in one run on this machine
             up to 16, 2 ms wait);
   funfleet LiteRT  the same host serving the release converted by scripts/convert-release
             (LiteRT with XNNPACK, parity-gated against Keras; no TensorFlow in the workers);
+  hand-tuned  an expert's hand-made uWSGI setup for the one model (bench/peer_handtuned.py:
+            master, lazy-apps, 2 workers, 1 TF thread each, compiled call, no metrics or logs)
+            behind nginx's uwsgi_pass;
   gunicorn  the same app under gunicorn's documented deployment: 2 sync workers behind nginx;
   uWSGI     uWSGI alone behind its own keep-alive HTTP router (what `make serve-app` runs);
   flask-dev the old recipe: Flask dev server, model.predict() per request;
@@ -219,6 +222,16 @@ PROXY_SERVER = """\
             proxy_set_header Host $host;
         }}
     }}"""
+# The hand-tuned peer: nginx straight to uWSGI's socket, nothing else.
+UWSGI_PASS_SERVER = """\
+    client_max_body_size 10m;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            include /etc/nginx/uwsgi_params;
+            uwsgi_pass unix:{sock};
+        }}
+    }}"""
 # What an app host runs: the nginx role's own site and snippets, rendered from its templates
 # (ROLE_SITE_TLS: the same with a certificate, as a host that serves HTTPS).
 ROLE_SITE = "ROLE_SITE"
@@ -245,7 +258,7 @@ def render_role_site(tmp: Path, port: int, sock: Path, tls: bool) -> str:
     """The nginx role's http-level settings and app-host site for this port and socket, as
     `include` lines."""
     out = tmp / f"site-{port}"
-    out.mkdir()
+    out.mkdir(exist_ok=True)  # each model case reuses the ports
     shutil.copy("/etc/nginx/uwsgi_params", tmp / "uwsgi_params")  # the site includes it relatively
     extra = ["-e", f"out={out}", "-e", f"port={port}", "-e", f"sock={sock}"]
     if tls:
@@ -359,6 +372,17 @@ def servers(workers: int, env: dict, tmp: Path, litert_dir: Path | None) -> list
         Server("funfleet HTTPS", [*uwsgi, "--socket", "{sock}"], app_env(), APP, ROLE_SITE_TLS),
         batching,
         *lite,
+        Server(
+            "hand-tuned nginx>uWSGI",
+            [
+                *(str(BIN / "uwsgi"), "--master", "--lazy-apps", "--processes", w, "--socket", "{sock}"),
+                *("--chmod-socket=660", "--wsgi-file", str(ROOT / "bench" / "peer_handtuned.py")),
+                *("--callable", "app", "--disable-logging", "--enable-threads", "--die-on-term"),
+            ],
+            env,
+            ROOT,
+            UWSGI_PASS_SERVER,
+        ),
         Server(
             "gunicorn nginx>gunicorn",
             [str(BIN / "gunicorn"), "-w", w, "-b", "unix:{sock}", "wsgi:app"],
@@ -526,24 +550,24 @@ def run_case(case: Case, levels: list[int], args: argparse.Namespace, tmp: Path)
             f"{name:24} {c:>4} {r['rps']:>8.1f} {r['p50']:>8.1f} {r['p99']:>8.1f} {r['errors']:>6} "
             f"{r['rps'] / raw[1]:>10.2f} {memory[name]:>10.0f}"
         )
-    ours = {c: r["rps"] for n, c, r in rows if n == table[0].name}
-    tls = {c: r["rps"] for n, c, r in rows if n == table[1].name}
     top = levels[-1]
-    print(f"cost of TLS at c={top}: HTTPS / HTTP = {tls[top] / ours[top]:.2f}x requests/s")
-    for server in table[2:]:
-        if server.name == "funfleet batching":
-            batched = {c: r["rps"] for n, c, r in rows if n == server.name}
-            print(f"funfleet batching / funfleet at c={top}: {batched[top] / ours[top]:.2f}x requests/s")
-            continue
-        if server.name == "funfleet LiteRT":
-            lite = {c: r["rps"] for n, c, r in rows if n == server.name}
-            print(
-                f"funfleet LiteRT / funfleet TensorFlow at c={top}: {lite[top] / ours[top]:.2f}x requests/s, "
-                f"worker memory {memory[server.name]:.0f} / {memory[table[0].name]:.0f} MiB"
-            )
-            continue
-        theirs = {c: r["rps"] for n, c, r in rows if n == server.name}
-        print(f"{table[0].name} / {server.name} at c={levels[-1]}: {ours[levels[-1]] / theirs[levels[-1]]:.2f}x")
+    rps = {(n, c): r["rps"] for n, c, r in rows}
+    p99 = {(n, c): r["p99"] for n, c, r in rows}
+    p50 = {(n, c): r["p50"] for n, c, r in rows}
+    ours = [s.name for s in table if s.name.startswith("funfleet")]
+    peers = [s.name for s in table if not s.name.startswith("funfleet")]
+    print(
+        f"cost of TLS at c={top}: HTTPS / HTTP = {rps['funfleet HTTPS', top] / rps[table[0].name, top]:.2f}x requests/s"
+    )
+    for name in ours:
+        ratios = ", ".join(f"{rps[name, top] / rps[peer, top]:.2f}x {peer.split()[0]}" for peer in peers)
+        best_p99 = min(p99[peer, top] for peer in peers)
+        best_p50 = min(p50[peer, levels[0]] for peer in peers)
+        print(
+            f"{name} at c={top}: {ratios}; p99 {p99[name, top]:.1f} ms (best peer {best_p99:.1f}); "
+            f"c={levels[0]} p50 {p50[name, levels[0]]:.1f} ms (best peer {best_p50:.1f}); "
+            f"worker {memory[name]:.0f} MiB (hand-tuned {memory.get('hand-tuned nginx>uWSGI', 0):.0f})"
+        )
     sys.stdout.flush()
 
 

@@ -15,7 +15,9 @@ import numpy as np
 from flask import Flask, jsonify, request
 from PIL import Image
 
-RELEASE = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(__file__).resolve().parents[1] / "files/models/digits/1"
+# The release: argv[2], else FUNFLEET_MODEL_DIR (what the benchmark sets), else the digits model.
+DEFAULT = os.environ.get("FUNFLEET_MODEL_DIR") or Path(__file__).resolve().parents[1] / "files/models/digits/1"
+RELEASE = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(DEFAULT)
 META = json.loads((RELEASE / "metadata.json").read_text())["input"]
 model = keras.saving.load_model(RELEASE / "model.keras", compile=False)
 app = Flask(__name__)

@@ -57,19 +57,56 @@ def configure(level: int = logging.INFO) -> None:
     root.setLevel(level)
 
 
+def _json_stream() -> logging.StreamHandler | None:
+    """The root's JSON stream handler when it is the only handler (configure() set it up)."""
+    handlers = logging.getLogger().handlers
+    if len(handlers) == 1 and isinstance(handlers[0], logging.StreamHandler):
+        handler = handlers[0]
+        if isinstance(handler.formatter, JsonFormatter) and not ACCESS.handlers and ACCESS.propagate:
+            return handler
+    return None
+
+
 def access(method: str, path: str, endpoint: str, status: int, seconds: float | None) -> None:
-    """The request's access line (request id included by the formatter)."""
-    if ACCESS.isEnabledFor(logging.INFO):
-        ACCESS.info(
-            "%s %s %d",
-            method,
-            path,
-            status,
-            extra={
-                "method": method,
-                "path": path,
-                "endpoint": endpoint,
-                "status": status,
-                "duration_ms": None if seconds is None else round(seconds * 1000, 3),
-            },
+    """The request's access line (request id included), the same line JsonFormatter writes. Written
+    straight to the JSON stream when that is where it goes: a LogRecord and the formatter's
+    generic path cost 0.17 ms a request, a seventh of the app's CPU on a small model."""
+    if not ACCESS.isEnabledFor(logging.INFO):
+        return
+    handler = _json_stream()
+    if handler is not None and not ACCESS.filters and not handler.filters and handler.level <= logging.INFO:
+        now = time.time()
+        line: dict[str, object] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int((now % 1) * 1000):03d}Z",
+            "level": "INFO",
+            "logger": ACCESS.name,
+            "message": f"{method} {path} {status}",
+        }
+        rid = request_id()
+        if rid:
+            line["request_id"] = rid
+        line.update(
+            method=method,
+            path=path,
+            endpoint=endpoint,
+            status=status,
+            duration_ms=None if seconds is None else round(seconds * 1000, 3),
         )
+        text = json.dumps(line, default=str) + handler.terminator
+        with handler.lock:  # one whole line at a time, as logging writes it
+            handler.stream.write(text)
+            handler.flush()
+        return
+    ACCESS.info(
+        "%s %s %d",
+        method,
+        path,
+        status,
+        extra={
+            "method": method,
+            "path": path,
+            "endpoint": endpoint,
+            "status": status,
+            "duration_ms": None if seconds is None else round(seconds * 1000, 3),
+        },
+    )

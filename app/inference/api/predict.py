@@ -16,10 +16,11 @@ import io
 import json
 
 import numpy as np
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 from PIL import Image
 
 from ..errors import ApiError
+from ..multipart import Parts, split_form_data
 from ..preprocess import decode_image, feature_row, text_value
 from ..release import TextSpec
 from ..runtime import ServedModel
@@ -114,10 +115,22 @@ def model_settings():
     return runtime().settings
 
 
+def _parts() -> Parts | None:
+    """The upload's form-data parts by the fast path, once a request; None: Werkzeug parses it."""
+    if "funfleet_parts" not in g:
+        g.funfleet_parts = split_form_data(request.headers.get("Content-Type", ""), request.get_data(cache=True))
+    return g.funfleet_parts
+
+
 def _field(name: str) -> str | None:
     value = request.args.get(name)
     if value is None and request.mimetype == "multipart/form-data":
-        value = request.form.get(name)
+        parts = _parts()
+        if parts is None:
+            value = request.form.get(name)
+        else:
+            fields = [content for filename, content in parts.get(name, []) if filename is None]
+            value = fields[0].decode("utf-8", "replace") if fields else None
     return value or None
 
 
@@ -150,12 +163,16 @@ def _image_bytes() -> bytes:
         return request.get_data(cache=False)
     if content_type != "multipart/form-data":
         raise ApiError(415, "unsupported_media", "send multipart/form-data with an 'image' field, or a raw image body")
-    uploads = request.files.getlist("image")
+    parts = _parts()
+    if parts is None:
+        uploads = [upload.read() for upload in request.files.getlist("image")]
+    else:
+        uploads = [content for filename, content in parts.get("image", []) if filename is not None]
     if not uploads:
         raise ApiError(400, "missing_field", "multipart field 'image' is required")
     if len(uploads) > 1:
         raise ApiError(400, "too_many_images", "send one 'image' per request; batch through /v1/models/<name>:predict")
-    return uploads[0].read()
+    return uploads[0]
 
 
 def _top_k(classes: int, default: int) -> int:
