@@ -13,6 +13,9 @@ typical vision model: inference dominates). For each, in one run on this machine
   hand-tuned  an expert's hand-made uWSGI setup for the one model (bench/peer_handtuned.py:
             master, lazy-apps, 2 workers, 1 TF thread each, compiled call, no metrics or logs)
             behind nginx's uwsgi_pass;
+  BentoML   BentoML's own recipe with adaptive batching (bench/peer_bentoml.py: an API service
+            decoding uploads, a model service with 2 workers and a batchable API), in its own venv
+            (.cache/bench-bentoml, bench/requirements-bentoml.txt), behind nginx;
   gunicorn  the same app under gunicorn's documented deployment: 2 sync workers behind nginx;
   uWSGI     uWSGI alone behind its own keep-alive HTTP router (what `make serve-app` runs);
   flask-dev the old recipe: Flask dev server, model.predict() per request;
@@ -222,6 +225,17 @@ PROXY_SERVER = """\
             proxy_set_header Host $host;
         }}
     }}"""
+# A peer listening on TCP (BentoML): a plain proxy to it.
+PROXY_TCP_SERVER = """\
+    client_max_body_size 10m;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://127.0.0.1:{inner};
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}"""
 # The hand-tuned peer: nginx straight to uWSGI's socket, nothing else.
 UWSGI_PASS_SERVER = """\
     client_max_body_size 10m;
@@ -284,14 +298,17 @@ class Server:
 
     def start(self, port: int, tmp: Path, case: Case) -> None:
         sock = tmp / f"{port}.sock"
-        cmd = [a.format(port=port, sock=sock) for a in self.backend]
+        inner = port + 100
+        cmd = [a.format(port=port, sock=sock, inner=inner) for a in self.backend]
         self.procs.append(spawn(cmd, self.env, self.cwd))
         if self.location is not None:
             conf = tmp / f"nginx-{port}.conf"
             role_site = self.location in (ROLE_SITE, ROLE_SITE_TLS)
             server = render_role_site(tmp, port, sock, self.scheme == "https") if role_site else self.location
             conf.write_text(
-                NGINX_CONF.format(user=getpass.getuser(), tmp=tmp, server=server.format(port=port, sock=sock))
+                NGINX_CONF.format(
+                    user=getpass.getuser(), tmp=tmp, server=server.format(port=port, sock=sock, inner=inner)
+                )
             )
             self.procs.append(spawn(["nginx", "-c", str(conf)], self.env, tmp))
         await_serving(f"{self.scheme}://127.0.0.1:{port}", case)
@@ -354,6 +371,53 @@ def uwsgi_command(workers: int) -> list[str]:
     return [str(BIN / "uwsgi"), "--ini", str(BASE_INI), "--processes", str(workers), "--module", "wsgi:app"]
 
 
+BENTOML_VENV = ROOT / ".cache" / "bench-bentoml"
+
+
+def bentoml_server(env: dict, tmp: Path) -> list[Server]:
+    binary = bentoml_venv()
+    if binary is None:
+        return []
+    bento_env = {**env, "BENTOML_HOME": tempfile.mkdtemp(dir=tmp), "BENTOML_DO_NOT_TRACK": "true"}
+    cmd = [str(binary), "serve", "peer_bentoml:Api", "--host", "127.0.0.1", "--port", "{inner}"]
+    return [Server("BentoML nginx>BentoML", cmd, bento_env, ROOT / "bench", PROXY_TCP_SERVER)]
+
+
+def bentoml_venv() -> Path | None:
+    """BentoML in its own venv (its pins clash with the app's), sharing the main venv's
+    TensorFlow through a .pth at the end of its path; None, with the reason, if it cannot be had."""
+    python = BENTOML_VENV / "bin" / "python"
+    if not (BENTOML_VENV / "bin" / "bentoml").exists():
+        try:
+            subprocess.run([sys.executable, "-m", "venv", str(BENTOML_VENV)], check=True, timeout=120)
+            site = subprocess.run(
+                [str(python), "-c", "import site; print(site.getsitepackages()[0])"],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=60,
+            ).stdout.strip()
+            main_site = next(p for p in sys.path if p.endswith("site-packages"))
+            Path(site, "zz-funfleet-main.pth").write_text(main_site + "\n")
+            subprocess.run(
+                [
+                    str(BENTOML_VENV / "bin" / "pip"),
+                    "install",
+                    "-q",
+                    "-r",
+                    str(ROOT / "bench" / "requirements-bentoml.txt"),
+                ],
+                check=True,
+                timeout=900,
+                capture_output=True,
+            )
+        except (subprocess.SubprocessError, OSError, StopIteration) as exc:
+            print(f"no BentoML row: {exc}")
+            shutil.rmtree(BENTOML_VENV, ignore_errors=True)
+            return None
+    return BENTOML_VENV / "bin" / "bentoml"
+
+
 def servers(workers: int, env: dict, tmp: Path, litert_dir: Path | None) -> list[Server]:
     w = str(workers)
     uwsgi = uwsgi_command(workers)
@@ -383,6 +447,7 @@ def servers(workers: int, env: dict, tmp: Path, litert_dir: Path | None) -> list
             ROOT,
             UWSGI_PASS_SERVER,
         ),
+        *bentoml_server(env, tmp),
         Server(
             "gunicorn nginx>gunicorn",
             [str(BIN / "gunicorn"), "-w", w, "-b", "unix:{sock}", "wsgi:app"],
