@@ -144,10 +144,21 @@ def test_local_runs_use_the_base_and_only_local_lines(run):
 
 
 def test_the_bench_nginx_is_the_roles_own_site(tmp_path):
-    """`make bench` puts the nginx role's app-host site in front of uWSGI, rendered from the
-    role's templates and defaults, rather than a config of its own."""
+    """`make bench` puts the nginx role's app-host site in front of every funfleet row, rendered
+    from the role's templates and defaults, rather than a config of its own (only the hand-tuned
+    peer has its own plain uwsgi_pass)."""
     bench = load(ROOT / "bench" / "bench.py", "funfleet_bench")
-    assert "uwsgi_pass" not in (ROOT / "bench" / "bench.py").read_text()
+    bench.bentoml_venv = lambda: None  # no BentoML venv is built for this
+    rows = bench.servers(2, {}, tmp_path, tmp_path / "litert")
+    ours = [row for row in rows if row.name.startswith("funfleet")]
+    assert [row.name for row in ours] == [
+        "funfleet nginx>uWSGI",
+        "funfleet HTTPS",
+        "funfleet batching",
+        "funfleet LiteRT",
+    ]
+    assert all(row.location in (bench.ROLE_SITE, bench.ROLE_SITE_TLS) for row in ours)
+    assert [row.name for row in rows if row.location == bench.UWSGI_PASS_SERVER] == ["hand-tuned nginx>uWSGI"]
     include = bench.render_role_site(tmp_path, 18555, tmp_path / "app.sock", False)
     site = tmp_path / "site-18555" / "funfleet-site.conf"
     http = tmp_path / "site-18555" / "funfleet-http.conf"
