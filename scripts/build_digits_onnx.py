@@ -13,20 +13,15 @@ Served through the same image decoder as the Keras digits model (16x16 grayscale
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
+from train_digits import POLARITIES, split  # the Keras digits model's split and images
+from training import release_args
 
 from inference.backends import REFERENCE_FILE
 from inference.preprocess import decode_image
 from inference.release import FRAMEWORKS, InputSpec, write_release_metadata
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-from train_digits import POLARITIES, split  # noqa: E402  (the Keras digits model's split and images)
 
 SPEC = InputSpec(height=16, width=16, color_mode="grayscale", scale=1 / 255, offset=0.0, layout="NCHW")
 OPSET = 17
@@ -64,11 +59,7 @@ def to_onnx(coefs: list[np.ndarray], intercepts: list[np.ndarray]) -> bytes:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--version", default="1")
-    parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--out", type=Path, default=ROOT / "files" / "models" / "digits-onnx")
-    args = parser.parse_args()
+    args = release_args(__doc__, "digits-onnx")
 
     from sklearn.neural_network import MLPClassifier
 

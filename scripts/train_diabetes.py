@@ -12,39 +12,23 @@ error, R² and the risk head's accuracy go into the metadata.
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
-import os
-from pathlib import Path
 
 import numpy as np
+from training import release_args, seeded_keras, weights_sha256
 
 from inference.release import MODEL_FILE, TensorSpec, write_release_metadata
-
-ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 FEATURES = ("age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--version", default="1")
-    parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--out", type=Path, default=ROOT / "files" / "models" / "diabetes")
-    args = parser.parse_args()
+    args = release_args(__doc__, "diabetes", epochs=60)
 
-    import keras
-    import tensorflow as tf
     from sklearn.datasets import load_diabetes
     from sklearn.model_selection import train_test_split
 
-    keras.utils.set_random_seed(args.seed)
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    keras, tf = seeded_keras(args.seed)
 
     data = load_diabetes(scaled=False)
     x = data.data.astype(np.float32)
@@ -77,7 +61,7 @@ def main() -> int:
     release_dir = args.out / args.version
     release_dir.mkdir(parents=True, exist_ok=True)
     model.save(release_dir / MODEL_FILE)
-    digest = hashlib.sha256(b"".join(np.ascontiguousarray(w).tobytes() for w in model.get_weights())).hexdigest()
+    digest = weights_sha256(model)
     release = write_release_metadata(
         release_dir,
         name="diabetes",

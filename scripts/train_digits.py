@@ -17,7 +17,6 @@ in the metadata names the weights this release holds, nothing more.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import os
@@ -26,6 +25,7 @@ from types import ModuleType
 
 import numpy as np
 from PIL import Image
+from training import weights_sha256
 
 from inference.preprocess import decode_image
 from inference.release import MODEL_FILE, InputSpec, write_release_metadata
@@ -67,13 +67,6 @@ def build_model(keras: ModuleType) -> object:
         ],
         name="digits_cnn",
     )
-
-
-def weights_digest(model: object) -> str:
-    digest = hashlib.sha256()
-    for w in model.get_weights():
-        digest.update(np.ascontiguousarray(w).tobytes())
-    return digest.hexdigest()
 
 
 def split(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, list[bytes]]]:
@@ -152,7 +145,7 @@ def main() -> int:
             "heldout_size": len(idx_test),
             "seed": args.seed,
             "epochs": args.epochs,
-            "weights_sha256": weights_digest(model),
+            "weights_sha256": weights_sha256(model),
             "trained_with": {"tensorflow": tf.__version__, "keras": keras.__version__},
         },
     )

@@ -10,19 +10,12 @@ digits model, the weights differ from one CPU to another, the split does not.
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
-import os
-from pathlib import Path
 
 import numpy as np
+from training import release_args, seeded_keras, weights_sha256
 
 from inference.release import MODEL_FILE, TensorSpec, write_release_metadata
-
-ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 FEATURES = ("sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm")
 SPEC = TensorSpec(shape=(len(FEATURES),), dtype="float32", features=FEATURES)
@@ -41,19 +34,9 @@ def split(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, li
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--version", default="1")
-    parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--epochs", type=int, default=150)
-    parser.add_argument("--out", type=Path, default=ROOT / "files" / "models" / "iris")
-    args = parser.parse_args()
+    args = release_args(__doc__, "iris", epochs=150)
 
-    import keras
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(args.seed)
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    keras, tf = seeded_keras(args.seed)
 
     x_train, x_test, y_train, y_test, labels = split(args.seed)
     norm = keras.layers.Normalization(name="scale")
@@ -74,7 +57,7 @@ def main() -> int:
     release_dir = args.out / args.version
     release_dir.mkdir(parents=True, exist_ok=True)
     model.save(release_dir / MODEL_FILE)
-    digest = hashlib.sha256(b"".join(np.ascontiguousarray(w).tobytes() for w in model.get_weights())).hexdigest()
+    digest = weights_sha256(model)
     release = write_release_metadata(
         release_dir,
         name="iris",

@@ -11,31 +11,18 @@ metadata. The split and renderings are the same on any machine; the weights are 
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
-import os
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+from train_digits import split
+from training import release_args, seeded_keras
 
 from inference.preprocess import decode_image
 from inference.release import MODEL_FILE, InputSpec, write_release_metadata
 
-ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
 SPEC = InputSpec(height=32, width=32, color_mode="grayscale", scale=1 / 255, offset=0.0)
 LABELS = ["background", *[str(i) for i in range(10)]]
-
-
-def _digits_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("train_digits", ROOT / "scripts" / "train_digits.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def masks(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -67,21 +54,11 @@ def mean_iou(truth: np.ndarray, predicted: np.ndarray) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--version", default="1")
-    parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--epochs", type=int, default=25)
-    parser.add_argument("--out", type=Path, default=ROOT / "files" / "models" / "digit-segments")
-    args = parser.parse_args()
+    args = release_args(__doc__, "digit-segments", epochs=25)
 
-    import keras
-    import tensorflow as tf
+    keras, tf = seeded_keras(args.seed)
 
-    keras.utils.set_random_seed(args.seed)
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-
-    y, idx_train, idx_test, encoded = _digits_module().split(args.seed)
+    y, idx_train, idx_test, encoded = split(args.seed)
     x = np.stack([decode_image(png, SPEC, max_pixels=1 << 20) for png in encoded["dark_on_light"]])
     target = masks(x, y)
     model = build_model(keras)

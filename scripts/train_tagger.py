@@ -15,20 +15,13 @@ token.
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
-import os
 import random
-from pathlib import Path
 
 import numpy as np
+from training import release_args, seeded_keras, weights_sha256
 
 from inference.release import MODEL_FILE, TextSpec, write_release_metadata
-
-ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 TAGS = ["O", "PER", "LOC", "ORG", "NUM"]
 SEQUENCE_LENGTH = 24
@@ -221,19 +214,9 @@ def encode_tags(rows: list) -> np.ndarray:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--version", default="1")
-    parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--out", type=Path, default=ROOT / "files" / "models" / "tagger")
-    args = parser.parse_args()
+    args = release_args(__doc__, "tagger", epochs=20)
 
-    import keras
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(args.seed)
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    keras, tf = seeded_keras(args.seed)
 
     train, test = dataset(args.seed, count=4000, heldout=400)
     vocabulary = sorted({w for text, _ in train for w in SPEC.tokens(text)})  # before drop_words
@@ -276,7 +259,7 @@ def main() -> int:
     release_dir = args.out / args.version
     release_dir.mkdir(parents=True, exist_ok=True)
     model.save(release_dir / MODEL_FILE)
-    digest = hashlib.sha256(b"".join(np.ascontiguousarray(w).tobytes() for w in model.get_weights())).hexdigest()
+    digest = weights_sha256(model)
     release = write_release_metadata(
         release_dir,
         name="tagger",

@@ -12,23 +12,16 @@ scikit-learn does not support unpickling across versions).
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
 import numpy as np
+from training import release_args
 
 from inference.release import FRAMEWORKS, TensorSpec, write_release_metadata
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--version", default="1")
-    parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--out", type=Path, default=ROOT / "files" / "models" / "wine")
-    args = parser.parse_args()
+    args = release_args(__doc__, "wine")
 
     import joblib
     import sklearn

@@ -243,15 +243,16 @@ def load_litert(release: Release, threads: int) -> Loaded:
     index, dtype = input_detail["index"], np.dtype(input_detail["dtype"])
     out_indexes = [outputs[n]["index"] for n in litert_names]
     lock = threading.Lock()  # one interpreter per model: calls from threads take turns
-    allocated: list[tuple[int, ...]] = [()]
+    allocated: tuple[int, ...] = ()  # the input shape the interpreter's tensors are sized for
 
     def call(batch: np.ndarray) -> list[np.ndarray]:
+        nonlocal allocated
         x = np.ascontiguousarray(batch, dtype=dtype)
         with lock:
-            if x.shape != allocated[0]:
+            if x.shape != allocated:
                 interp.resize_tensor_input(index, list(x.shape), strict=False)
                 interp.allocate_tensors()
-                allocated[0] = x.shape
+                allocated = x.shape
             interp.set_tensor(index, x)
             interp.invoke()
             return [interp.get_tensor(i).copy() for i in out_indexes]

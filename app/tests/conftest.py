@@ -54,6 +54,9 @@ def inverted_samples() -> dict[str, bytes]:
 
 def load_training_script() -> ModuleType:
     """scripts/train_digits.py as a module (its split and rendering are what the samples come from)."""
+    scripts = str(ROOT / "scripts")
+    if scripts not in sys.path:  # as when it runs: its own folder (training.py) importable
+        sys.path.append(scripts)
     spec = importlib.util.spec_from_file_location("train_digits", ROOT / "scripts" / "train_digits.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

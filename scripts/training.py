@@ -1,0 +1,48 @@
+"""What the demo models' build scripts share: their command line, a seeded single-threaded Keras
+and the digest of the weights a run produced. Imported by the scripts beside it (Python puts a
+script's own folder first on its path)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+MODELS = Path(__file__).resolve().parents[1] / "files" / "models"
+
+
+def release_args(doc: str, name: str, epochs: int | None = None) -> argparse.Namespace:
+    """--version, --seed, --out (default files/models/<name>) and, for a trained network, --epochs."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--version", default="1")
+    parser.add_argument("--seed", type=int, default=1234)
+    if epochs is not None:
+        parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--out", type=Path, default=MODELS / name)
+    return parser.parse_args()
+
+
+def seeded_keras(seed: int) -> tuple[ModuleType, ModuleType]:
+    """Keras and TensorFlow, seeded, one thread each way: the same run gives the same weights on
+    the same CPU and TensorFlow build (not across them)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    return keras, tf
+
+
+def weights_sha256(model: object) -> str:
+    """Names the weights a release holds (metadata's weights_sha256)."""
+    digest = hashlib.sha256()
+    for w in model.get_weights():
+        digest.update(np.ascontiguousarray(w).tobytes())
+    return digest.hexdigest()
