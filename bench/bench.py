@@ -578,6 +578,9 @@ def main() -> int:
     return 0
 
 
+WARMUP_SECONDS = 2
+
+
 def run_case(case: Case, levels: list[int], args: argparse.Namespace, tmp: Path) -> None:
     raw = raw_throughput(case, 3.0)
     script = wrk_script(tmp, case)
@@ -594,6 +597,9 @@ def run_case(case: Case, levels: list[int], args: argparse.Namespace, tmp: Path)
         port = 18500 + i
         try:
             server.start(port, tmp, case)
+            # Unrecorded warm-up at the top concurrency: every server meets the measured load with
+            # its connections, caches and allocator arenas already in use, not cold from startup.
+            load(f"{server.scheme}://127.0.0.1:{port}/predict", levels[-1], WARMUP_SECONDS, script)
             for c in levels:
                 url = f"{server.scheme}://127.0.0.1:{port}/predict"
                 rows.append((server.name, c, load(url, c, args.seconds, script)))

@@ -40,5 +40,6 @@ def test_panels_are_complete():
 
 def test_it_shows_what_ops_asked_for():
     titles = " | ".join(panel["title"] for panel in DASHBOARD["panels"]).lower()
-    for wanted in ("requests per second", "errors", "p50 / p99", "readiness", "busy", "batch size", "gpu"):
+    wanted_titles = ("requests per second", "errors", "p50 / p99", "readiness", "busy", "batch size", "gpu")
+    for wanted in (*wanted_titles, "worker memory"):
         assert wanted in titles, wanted

@@ -39,6 +39,9 @@ DRIVER = {
     "ubuntu24": (["restricted"], ["nvidia-driver-550-server", "nvidia-utils-550-server"]),
 }
 GPUS = {"debian12-gpu": 1, "ubuntu22-gpu": 4, "ubuntu24-gpu": 8}
+# CPU hosts' default workers (16 vCPUs each): one per core, as many as fit in memory at 768 MiB
+# each after 1024 MiB kept back, at least one. 64 GiB: the 16 cores; 4 GiB: 4; 1.5 GiB: 1.
+CPU_WORKERS = {"debian12-cpu": 16, "ubuntu22-cpu": 4, "ubuntu24-cpu": 1}
 
 
 def wheel_set(requirements: Path, python_version: str) -> dict[str, str]:
@@ -93,7 +96,7 @@ def test_unit_layout(plans, host):
         assert f"FUNFLEET_GPU_COUNT={GPUS[host]}" in plan["env"].splitlines()
         assert "FUNFLEET_BATCHING=1" in plan["env"].splitlines()  # GPU workers batch
     else:
-        assert plan["processes"] == 16
+        assert plan["processes"] == CPU_WORKERS[host]
         assert plan["gpu_device_access"] is False
         assert "PrivateDevices=yes" in unit
         assert not [line for line in unit if line.startswith("DeviceAllow=")]
@@ -102,3 +105,10 @@ def test_unit_layout(plans, host):
     # The rest of the hardening is the same on both.
     for line in ("NoNewPrivileges=yes", "ProtectSystem=strict", "CapabilityBoundingSet=", "DevicePolicy=closed"):
         assert line in unit
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_the_memory_check_counts_the_workers_uwsgi_runs(plans, host):
+    """playbooks/vars/fleet.yml repeats the uwsgi role's default worker count for app_release's
+    memory check (which runs in plays without the uwsgi role): the two must agree on every host."""
+    assert plans[host]["app_release_workers"] == plans[host]["uwsgi"]["processes"]

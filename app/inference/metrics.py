@@ -166,26 +166,58 @@ def start_worker() -> None:
             retire_workers(directory, {os.getpid()}, gauges_only=True)
 
 
+def read_uwsgi_stats(path: str) -> dict | None:
+    """The JSON uWSGI's stats socket answers, or None when it does not."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(1.0)
+            sock.connect(path)
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return json.loads(b"".join(chunks))
+    except (OSError, ValueError):
+        return None
+
+
+def resident_bytes(pid: int | str = "self") -> int:
+    """Resident memory of a process (Linux), 0 where /proc cannot tell."""
+    try:
+        with open(f"/proc/{pid}/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def uwsgi_workers(stats: dict) -> list[dict]:
+    """Each running worker: id, pid, status, requests and resident memory now. The memory is read
+    from /proc at call time (the workers run as one user); uWSGI's own `rss` field is only
+    updated when that worker finishes a request, and is the fallback."""
+    workers = []
+    for worker in stats.get("workers", []):
+        pid = int(worker.get("pid") or 0)
+        if pid <= 0:
+            continue  # a worker slot with no process (being respawned)
+        workers.append(
+            {
+                "id": int(worker.get("id", 0)),
+                "pid": pid,
+                "status": str(worker.get("status", "unknown")),
+                "requests": int(worker.get("requests", 0)),
+                "resident_bytes": resident_bytes(pid) or int(worker.get("rss") or 0),
+            }
+        )
+    return workers
+
+
 class UwsgiStats(Collector):
     """uWSGI's listen queue and workers, read from its stats socket at scrape time."""
 
     def __init__(self, path: str) -> None:
         self.path = path
 
-    def _read(self) -> dict | None:
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(1.0)
-                sock.connect(self.path)
-                chunks = []
-                while chunk := sock.recv(65536):
-                    chunks.append(chunk)
-            return json.loads(b"".join(chunks))
-        except (OSError, ValueError):
-            return None
-
     def collect(self) -> Iterator:
-        stats = self._read()
+        stats = read_uwsgi_stats(self.path)
         up = GaugeMetricFamily("funfleet_uwsgi_stats_up", "1 when uWSGI's stats socket answered this scrape")
         up.add_metric([], 0 if stats is None else 1)
         yield up
@@ -214,11 +246,13 @@ class UwsgiStats(Collector):
             workers.add_metric([status], count)
         yield workers
         rss = GaugeMetricFamily(
-            "funfleet_uwsgi_worker_rss_bytes", "Resident memory of each uWSGI worker", labels=["worker"]
+            "funfleet_uwsgi_worker_rss_bytes",
+            "Resident memory of each running uWSGI worker, read at scrape time",
+            labels=["worker"],
         )
-        for worker in stats.get("workers", []):
-            if worker.get("rss"):
-                rss.add_metric([str(worker.get("id"))], worker["rss"])
+        for worker in uwsgi_workers(stats):
+            if worker["resident_bytes"]:
+                rss.add_metric([str(worker["id"])], worker["resident_bytes"])
         yield rss
 
 

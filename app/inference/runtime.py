@@ -20,6 +20,7 @@ from . import metrics
 from .backends import DTYPES, Call, Signature, TensorInfo, load_keras, load_litert, load_onnx, load_sklearn
 from .batching import IN_FLIGHT, Batcher, padded_sizes
 from .config import Settings
+from .metrics import resident_bytes
 from .models import Declared, discover, version_key
 from .release import Release, ReleaseError, read_release, read_release_id
 
@@ -231,15 +232,6 @@ def batch_sizes(settings: Settings) -> tuple[int, ...]:
         return ()
     sizes = tuple(sorted({s for s in settings.batch_sizes if 0 < s < settings.batch_max_size}))
     return (*sizes, settings.batch_max_size) if sizes else padded_sizes(settings.batch_max_size)
-
-
-def resident_bytes(pid: int | str = "self") -> int:
-    """Resident memory of a process (Linux), 0 where /proc cannot tell."""
-    try:
-        with open(f"/proc/{pid}/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def _import_tensorflow(settings: Settings):

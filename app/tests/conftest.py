@@ -207,13 +207,16 @@ def serve_uwsgi(tmp_path_factory, models_dir: Path, threads: int = 1, extra_env:
     port = free_port()
     metrics_dir = tmp_path_factory.mktemp("metrics")
     log = tmp_path_factory.mktemp("log") / "uwsgi.log"
+    stats = log.with_name("stats.sock")  # as the uwsgi role's ini and app.env set it on hosts
     env = {
         **os.environ,
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         "FUNFLEET_MODEL_DIR": str(models_dir),
+        "FUNFLEET_UWSGI_STATS": str(stats),
         **(extra_env or {}),
     }
-    cmd = uwsgi_command(f"127.0.0.1:{port}", log) + (["--threads", str(threads)] if threads > 1 else [])
+    cmd = [*uwsgi_command(f"127.0.0.1:{port}", log), "--stats", str(stats)]
+    cmd += ["--threads", str(threads)] if threads > 1 else []
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -107,16 +107,18 @@ def test_uwsgi_stats_reach_the_metrics(tmp_path):
     """The stats socket's JSON as uWSGI 2.0 writes it (abridged)."""
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from inference.metrics import UwsgiStats
+    from inference.metrics import UwsgiStats, resident_bytes, uwsgi_workers
+
+    gone = 2**22 + 1  # above any pid_max: /proc has nothing for it, so uWSGI's field is used
 
     stats = {
         "listen_queue": 3,
         "listen_queue_errors": 7,
         "sockets": [{"name": "/run/funfleet/app.sock", "queue": 3, "max_queue": 512}],
         "workers": [
-            {"id": 1, "status": "busy", "rss": 600_000_000},
-            {"id": 2, "status": "idle", "rss": 0},
-            {"id": 3, "status": "busy", "rss": 610_000_000},
+            {"id": 1, "pid": os.getpid(), "status": "busy", "rss": 600_000_000, "requests": 12},
+            {"id": 2, "pid": 0, "status": "idle", "rss": 0},  # being respawned: no process
+            {"id": 3, "pid": gone, "status": "busy", "rss": 610_000_000},
         ],
     }
     sock = tmp_path / "stats.sock"
@@ -131,8 +133,13 @@ def test_uwsgi_stats_reach_the_metrics(tmp_path):
     assert value(text, "funfleet_uwsgi_listen_queue_errors_total ") == 7
     assert value(text, 'funfleet_uwsgi_workers{status="busy"}') == 2
     assert value(text, 'funfleet_uwsgi_workers{status="idle"}') == 1
+    # Worker 1 from /proc (this process stands in for it), worker 3 from uWSGI's field.
+    mine = value(text, 'funfleet_uwsgi_worker_rss_bytes{worker="1"}')
+    assert mine != 600_000_000
+    assert abs(mine - resident_bytes()) < 64 * 2**20
     assert value(text, 'funfleet_uwsgi_worker_rss_bytes{worker="3"}') == 610_000_000
-    assert 'worker="2"' not in text  # no RSS reported for it
+    assert 'worker="2"' not in text  # no process, no series
+    assert [(w["id"], w["pid"], w["requests"]) for w in uwsgi_workers(stats)] == [(1, os.getpid(), 12), (3, gone, 0)]
 
 
 def test_no_stats_socket_reads_down(tmp_path):

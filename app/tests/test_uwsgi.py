@@ -45,3 +45,20 @@ def test_metrics_sum_over_workers(uwsgi_server, samples):
         == 40
     )
     assert counter(after, "funfleet_model_ready", model="digits", version="1") == 1.0
+
+
+def test_every_workers_memory_in_metrics_and_metadata(uwsgi_server):
+    """Read from /proc at scrape time, so a worker that has not served anything yet is there too
+    (uWSGI's own stats field stays 0 until a worker's first request ends)."""
+    meta = requests.get(f"{uwsgi_server}/metadata", timeout=10).json()
+    workers = meta["runtime"]["workers"]
+    assert [w["id"] for w in workers] == [1, 2]
+    assert meta["service"]["pid"] in {w["pid"] for w in workers}
+    assert len({w["pid"] for w in workers}) == 2
+    for worker in workers:
+        assert worker["resident_bytes"] > 50 * 2**20  # TensorFlow and the models: hundreds of MiB
+        assert worker["status"] in {"idle", "busy"}
+    text = requests.get(f"{uwsgi_server}/metrics", timeout=10).text
+    rss = {w: counter(text, "funfleet_uwsgi_worker_rss_bytes", worker=w) for w in ("1", "2")}
+    assert all(value > 50 * 2**20 for value in rss.values()), rss
+    assert counter(text, "funfleet_uwsgi_stats_up") == 1

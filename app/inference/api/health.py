@@ -78,6 +78,11 @@ def metadata():
             warmup_seconds=rt.info.warmup_seconds,
         )
     body["runtime"]["resident_bytes"] = resident_bytes()
+    stats_socket = os.environ.get("FUNFLEET_UWSGI_STATS")
+    stats = metrics.read_uwsgi_stats(stats_socket) if stats_socket else None
+    if stats is not None:
+        # Every worker's memory, not only the one answering (which is the one with this pid).
+        body["runtime"]["workers"] = metrics.uwsgi_workers(stats)
     if rt.error:
         body["error"] = rt.error
     return jsonify(body)

@@ -604,6 +604,7 @@ def test_every_dashboard_query_reads_real_metrics():
     assert {
         "funfleet_model_ready",
         "funfleet_uwsgi_workers",
+        "funfleet_uwsgi_worker_rss_bytes",
         "nginx_connections_active",
         "node_cpu_seconds_total",
     } <= named
