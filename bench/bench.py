@@ -426,7 +426,9 @@ def servers(workers: int, env: dict, tmp: Path, litert_dir: Path | None) -> list
         return {**env, "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(dir=tmp)}
 
     batch_env = {**app_env(), "FUNFLEET_BATCHING": "1", "FUNFLEET_BATCH_MAX_SIZE": "16"}
-    batching = Server("funfleet batching", [*uwsgi, "--threads", "16", "--socket", "{sock}"], batch_env, APP, ROLE_SITE)
+    # Threads, with accept() serialised across workers, as the uwsgi role writes a batching host's ini.
+    threaded = [*uwsgi, "--threads", "16", "--thunder-lock", "--socket", "{sock}"]
+    batching = Server("funfleet batching", threaded, batch_env, APP, ROLE_SITE)
     lite = []
     if litert_dir is not None:
         lite_env = {**app_env(), "FUNFLEET_MODEL_DIR": str(litert_dir)}

@@ -44,16 +44,20 @@ def main() -> int:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="funfleet-profile-")
     import io
 
+    import requests
     from werkzeug.test import EnvironBuilder
 
     from inference import create_app
 
     app = create_app({"model_dir": str(args.model_dir)})
     png = args.sample.read_bytes()
-    # The request as nginx hands it over (a multipart upload), encoded once: only the app runs.
-    builder = EnvironBuilder(path="/predict", method="POST", data={"image": (io.BytesIO(png), "7.png")})
-    environ = builder.get_environ()
-    body = environ["wsgi.input"].read()
+    # The request as nginx hands it over: a multipart upload encoded as requests (urllib3) encodes
+    # it, with a plain boundary as curl and browsers send too, encoded once: only the app runs.
+    prepared = requests.Request("POST", "http://x/predict", files={"image": ("7.png", png)}).prepare()
+    body = prepared.body
+    environ = EnvironBuilder(
+        path="/predict", method="POST", content_type=prepared.headers["Content-Type"], data=body
+    ).get_environ()
     status: list[str] = []
 
     def start_response(code: str, headers: list, exc_info: object = None) -> None:

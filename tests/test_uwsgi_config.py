@@ -20,11 +20,12 @@ from conftest import HOSTS, ROOT
 
 BASE = ROOT / "roles" / "uwsgi" / "files" / "base.ini"
 # What a host's ini may add to the base: where the app is, where it listens, its control sockets.
-# Batching hosts add their threads.
+# Batching hosts add their threads, with accept() serialised across workers.
 HOST_LINES = {
     "ini",
     "processes",
     "threads",
+    "thunder-lock",
     "pythonpath",
     "chdir",
     "module",
@@ -46,6 +47,7 @@ LOCAL_LINES = {
     "logto",
     "add-header",
     "threads",
+    "thunder-lock",
 }
 
 
@@ -111,8 +113,10 @@ LOCAL_RUNS = {
 
 def test_base_ini_holds_the_measured_choices():
     base = base_options()
-    for flag in ("strict", "master", "lazy-apps", "need-app", "die-on-term", "skip-atexit", "thunder-lock"):
+    for flag in ("strict", "master", "lazy-apps", "need-app", "die-on-term", "skip-atexit"):
         assert base[flag] == "true", flag
+    # Measured: with processes only it costs c=1 latency; threaded hosts add it themselves.
+    assert "thunder-lock" not in base
     assert base["harakiri"] == "30"
     assert base["listen"] == "512"
     assert base["disable-logging"] == "true"
@@ -125,6 +129,10 @@ def test_hosts_run_the_base_and_only_their_own_lines(plans, host):
     extra = {key for key, _ in pairs} - HOST_LINES
     assert not extra, f"the host ini sets shared options itself: {sorted(extra)}"
     assert not {key for key, _ in pairs} & (set(base_options()) - {"processes"})
+    # accept() is serialised across workers only where workers also run threads.
+    options = dict(pairs)
+    threaded = int(options.get("threads", "1")) > 1
+    assert options.get("thunder-lock") == ("true" if threaded else None)
 
 
 def test_the_role_installs_the_same_base_file():

@@ -9,15 +9,36 @@ Werkzeug, so every upload Werkzeug accepts is still accepted and judged the same
 
 from __future__ import annotations
 
+import re
+
 from werkzeug.http import parse_options_header
 
 Parts = dict[str, list[tuple[str | None, bytes]]]
 _KNOWN_HEADERS = {"content-disposition", "content-type"}
 
+# The parameters nearly every client sends (`; name="image"; filename="7.png"`, `; boundary=x`):
+# keys and tokens without `%` or `*`, quoted values without `\`, `%` or a line break, so none of
+# Werkzeug's unescaping, `%22` or RFC 2231 rules can apply. Werkzeug's general parser scans quoted
+# values a character at a time in Python: a tenth of the fast path's CPU on a small model.
+_KEY = r"[A-Za-z0-9_!#$&'+\-.^`|~]+"
+_VALUE = r"""(?:"([^"\\%\r\n]*)"|([A-Za-z0-9_!#$&'+\-.^`|~*]+))"""
+_PARAM = re.compile(rf"({_KEY})={_VALUE}")
+_PLAIN_PARAMS = re.compile(rf"[ \t]*{_KEY}={_VALUE}(?:[ \t]*;[ \t]*{_KEY}={_VALUE})*[ \t]*")
+
+
+def options_header(value: str) -> tuple[str, dict[str, str]]:
+    """What Werkzeug's ``parse_options_header`` returns for ``value``, by a regular expression
+    when the parameters are plain, by Werkzeug's parser when they are not."""
+    head, _, rest = value.partition(";")
+    head = head.strip(" \t")
+    if head and _PLAIN_PARAMS.fullmatch(rest):
+        return head, {key.lower(): quoted or token for key, quoted, token in _PARAM.findall(rest)}
+    return parse_options_header(value)
+
 
 def split_form_data(content_type: str, body: bytes) -> Parts | None:
     """name -> [(filename or None, content)] in body order, or None to let Werkzeug parse it."""
-    mimetype, options = parse_options_header(content_type)
+    mimetype, options = options_header(content_type)
     boundary = options.get("boundary")
     if mimetype != "multipart/form-data" or not boundary:
         return None
@@ -40,7 +61,7 @@ def split_form_data(content_type: str, body: bytes) -> Parts | None:
             headers[key.strip().lower()] = value.strip()
         if not set(headers) <= _KNOWN_HEADERS:
             return None
-        disposition, params = parse_options_header(headers.get("content-disposition", ""))
+        disposition, params = options_header(headers.get("content-disposition", ""))
         if disposition != "form-data" or "name" not in params:
             return None
         parts.setdefault(params["name"], []).append((params.get("filename"), content))

@@ -216,7 +216,7 @@ def serve_uwsgi(tmp_path_factory, models_dir: Path, threads: int = 1, extra_env:
         **(extra_env or {}),
     }
     cmd = [*uwsgi_command(f"127.0.0.1:{port}", log), "--stats", str(stats)]
-    cmd += ["--threads", str(threads)] if threads > 1 else []
+    cmd += ["--threads", str(threads), "--thunder-lock"] if threads > 1 else []
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:

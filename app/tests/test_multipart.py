@@ -6,10 +6,11 @@ import io
 
 import pytest
 import requests
+from werkzeug.http import parse_options_header
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
-from inference.multipart import split_form_data
+from inference.multipart import options_header, split_form_data
 
 
 def encoded(files=None, data=None) -> tuple[str, bytes]:
@@ -53,3 +54,34 @@ def test_unusual_parts_go_to_werkzeug():
     assert split_form_data(content_type, body[: len(body) // 2]) is None  # truncated
     assert split_form_data(f"multipart/form-data; boundary={boundary}x", body) is None
     assert split_form_data("application/json", body) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        'form-data; name="image"; filename="7.png"',
+        "multipart/form-data; boundary=a1b2c3",
+        'multipart/form-data; boundary="quoted-boundary"',
+        'form-data; Name="x"; NAME="y"',
+        'form-data; filename="a;b=c.png"; name="image"',
+        'form-data;name="image";filename="x y.png"  ',
+        "form-data; filename*=UTF-8''%e2%82%ac.png; name=image",
+        'form-data; name="image"; filename*0="a"; filename*1="b.png"',
+        'form-data; name="a\\"b"',
+        'form-data; name="a\\\\b"',
+        'form-data; name="a%22b"',
+        "form-data; name=a%22b",
+        'form-data; name=""',
+        'form-data; name=x junk; filename="f"',
+        'form-data; name="unterminated',
+        "form-data; =x",
+        "form-data;",
+        " ; name=x",
+        "text/plain",
+        "",
+        'form-data; name="caf\u00e9.png"',
+    ],
+)
+def test_options_header_reads_as_werkzeug_does(value):
+    """The regular-expression path gives Werkzeug's answer exactly, or hands the header to it."""
+    assert options_header(value) == parse_options_header(value)

@@ -101,6 +101,33 @@ def test_any_readable_mode_is_converted(client, samples, fmt, mode):
     assert response.get_json()["best_prediction"] == "2"
 
 
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_orientation_is_applied(client, samples, orientation):
+    """A phone's photo is stored sideways with an EXIF Orientation tag: it is turned upright
+    before the model sees it, pixel for pixel as the upright image decodes."""
+    from inference.preprocess import decode_image
+    from inference.release import read_release
+
+    upright = Image.open(io.BytesIO(samples["7"])).convert("RGB")
+    # What a camera stores for each tag: the upright image turned the other way.
+    stored = upright.transpose(
+        {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}[orientation]
+    )
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    tagged = encode(stored, "PNG", exif=exif.tobytes())
+    spec = read_release(MODEL_DIR).input
+
+    def decoded(data: bytes) -> np.ndarray:
+        return decode_image(data, spec, 1 << 24)
+
+    np.testing.assert_array_equal(decoded(tagged), decoded(encode(upright, "PNG")))
+    assert not np.array_equal(decoded(tagged), decoded(encode(stored, "PNG")))
+    response = client.post("/predict", data={"image": (io.BytesIO(tagged), "photo.png")})
+    assert response.status_code == 200
+    assert response.get_json()["best_prediction"] == "7"
+
+
 def test_transparent_background_is_composited_on_white(client, samples):
     ink = Image.open(io.BytesIO(samples["6"])).convert("L")
     # Transparent where the sample is white: only the ink is opaque.
