@@ -47,7 +47,6 @@ LOCAL_LINES = {
     "logto",
     "add-header",
     "threads",
-    "thunder-lock",
 }
 
 
