@@ -24,6 +24,9 @@ class Settings:
     # 0 keeps TensorFlow's default (all cores); 1 per worker is fastest with one worker per core.
     tf_intra_op_threads: int = 1
     tf_inter_op_threads: int = 1
+    # Fold each batch norm into the convolution before it when a Keras model loads (folding.py),
+    # checked against the unfolded model's outputs; 0 serves the model exactly as saved.
+    tf_fold_batch_norms: bool = True
     # "auto" uses a GPU when TensorFlow sees one; "cpu" hides GPUs; "gpu" (GPU hosts) requires
     # one: a worker that TensorFlow puts on the CPU is not ready, and /readyz says why.
     device: str = "auto"
@@ -80,7 +83,7 @@ def _parse(name: str, raw: str):
         return tuple(part.strip() for part in raw.split(",") if part.strip())
     if name in ("warmup_batch_sizes", "batch_sizes"):
         return tuple(int(part) for part in raw.split(",") if part.strip())
-    if name in ("gpu_memory_growth", "access_log", "batching"):
+    if name in ("gpu_memory_growth", "access_log", "batching", "tf_fold_batch_norms"):
         return raw.strip().lower() in ("1", "true", "yes", "on")
     if name in (
         "max_content_length",
