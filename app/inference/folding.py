@@ -9,10 +9,11 @@ batch 1 on one CPU thread: 5.8 ms a call instead of 9.6, at the same resident me
 stays a Keras model with variables, only smaller).
 
 Only what is exactly foldable is folded: a ``BatchNormalization`` on the last (channel) axis
-whose only input is a ``Conv1D``/``Conv2D``/``Conv3D``/``DepthwiseConv2D``/``Dense`` layer with no
-activation of its own, channels last, float32, used by nothing else. The model is rebuilt from
-its config (functional models, sequential ones and models nested in them) with those batch norms
-replaced by ``Identity`` layers of the same name; anything else is left as it is.
+(-1 or its index, as ResNet50 gives it) whose only input is a ``Conv1D``/``Conv2D``/``Conv3D``/
+``DepthwiseConv2D``/``Dense`` layer with no activation of its own, channels last, float32, used
+by nothing else. The model is rebuilt from its config (functional models, sequential ones and
+models nested in them) with those batch norms replaced by ``Identity`` layers of the same name;
+anything else is left as it is. ResNet50 folds all 53 of its batch norms.
 """
 
 from __future__ import annotations
@@ -123,10 +124,13 @@ def _name(layer: dict) -> str:
 
 
 def _is_bn(layer: dict) -> bool:
+    """A batch norm over the last axis: -1, or its index (ResNet50 says 3)."""
     cfg = layer.get("config", {})
     axis = cfg.get("axis")
     axis = axis[0] if isinstance(axis, list | tuple) and len(axis) == 1 else axis
-    return layer.get("class_name") == "BatchNormalization" and axis == -1 and _float32(cfg)
+    rank = len((layer.get("build_config") or {}).get("input_shape") or ())
+    last = axis == -1 or (rank > 1 and axis == rank - 1)
+    return layer.get("class_name") == "BatchNormalization" and last and _float32(cfg)
 
 
 def _is_foldable_linear(layer: dict) -> bool:

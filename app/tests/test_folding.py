@@ -67,7 +67,7 @@ def mixed_model():
     x = layers.DepthwiseConv2D(3, padding="same", depth_multiplier=2, use_bias=False, name="depthwise")(x)
     x = layers.BatchNormalization(name="bn_depthwise")(x)
     x = layers.Conv2D(8, 1, strides=2, name="conv_bias")(x)
-    x = layers.BatchNormalization(name="bn_conv_bias")(x)
+    x = layers.BatchNormalization(axis=3, name="bn_conv_bias")(x)  # the last axis by index, as ResNet50 has it
     x = block(x)
     # Not foldable: the convolution's own activation comes before the batch norm.
     y = layers.Conv2D(8, 1, activation="relu", name="conv_relu")(x)
