@@ -43,8 +43,8 @@ class Plan:
 class Folding:
     """A folded model, ready to build: its class, rewritten config and every layer's weights (by
     layer path), held as arrays so the original model can be freed before the folded one is
-    built and the worker never holds both (MobileNetV2: 10 MiB more resident than unfolded,
-    against 26 MiB with both alive at once)."""
+    built and the worker never holds both (MobileNetV2, after the load's heap trim and 100
+    calls: 652 MiB resident, against 674 when the folded model is built beside the original)."""
 
     model_class: type
     config: dict
