@@ -1,8 +1,9 @@
 """Where a /predict request's CPU goes inside a worker, beyond the model: cProfile over a bounded
 loop of real requests through the WSGI app (the same code uWSGI runs; nginx and the socket are
-not in it), split into the request path's stages. Prints a table; not a test.
+not in it), split into the request path's stages. ``--flask`` profiles the request as Flask
+serves it, with the fast path (app/inference/fastpath.py) off. Prints a table; not a test.
 
-    .venv/bin/python bench/profile_request.py [--requests 2000] [--model-dir files/models/digits/1]
+    .venv/bin/python bench/profile_request.py [--requests 2000] [--model-dir files/models/digits/1] [--flask]
 """
 
 from __future__ import annotations
@@ -21,17 +22,41 @@ sys.path.insert(0, str(ROOT / "app"))
 
 # (stage, file suffix, function name): cumulative time of these functions
 STAGES = [
-    ("model call (compiled TF function)", "inference/backends.py", "call"),
+    ("model call", "inference/backends.py", "call"),
     ("image decode and resize (Pillow)", "inference/preprocess.py", "decode_image"),
-    ("multipart parse (the model field)", "inference/api/predict.py", "_field"),
-    ("upload read", "inference/api/predict.py", "_image_bytes"),
-    ("top-k and JSON answer", "inference/api/predict.py", "ranked"),
+    ("multipart parse", "inference/multipart.py", "split_form_data"),
+    ("top-k", "inference/api/predict.py", "ranked"),
     ("access log line (JSON)", "inference/logs.py", "access"),
 ]
 PACKAGES = [
     ("Prometheus metrics (multiprocess files)", "prometheus_client"),
-    ("Flask JSON encoding", "flask/json"),
 ]
+
+
+def report(stats: dict, plain: float, total: float, requests: int, flask: bool) -> None:
+    """The table: ``stats`` is pstats' (file, line, name) -> (cc, nc, tt, ct, callers)."""
+
+    def cumulative(suffix: str, name: str) -> float:
+        return sum(v[3] for (f, _, n), v in stats.items() if f.endswith(suffix) and n == name)
+
+    def package(part: str) -> float:
+        return sum(v[2] for (f, _, _), v in stats.items() if part in f)
+
+    per = 1000 / requests
+    print(
+        f"{requests} POST /predict through the WSGI app: {plain * per:.3f} ms CPU a request "
+        f"({total * per:.3f} ms under the profiler; the shares below are the profiler's)"
+    )
+    print(f"{'stage':44} {'ms/request':>10} {'share':>6}")
+    accounted = 0.0
+    rows = [(name, cumulative(suffix, fn)) for name, suffix, fn in STAGES]
+    rows += [(name, package(part)) for name, part in PACKAGES]
+    for name, seconds in rows:
+        accounted += seconds
+        print(f"{name:44} {seconds * per:>10.3f} {seconds / total:>6.1%}")
+    rest = total - accounted
+    glue = ("fast path", "Flask/Werkzeug")[flask] + ", JSON answer, the rest"
+    print(f"{glue:44} {rest * per:>10.3f} {rest / total:>6.1%}")
 
 
 def main() -> int:
@@ -39,6 +64,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--model-dir", type=Path, default=ROOT / "files" / "models" / "digits" / "1")
     parser.add_argument("--sample", type=Path, default=ROOT / "files" / "samples" / "digits" / "7.png")
+    parser.add_argument("--flask", action="store_true", help="with the fast path off: Flask serves the request")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="funfleet-profile-")
@@ -49,7 +75,7 @@ def main() -> int:
 
     from inference import create_app
 
-    app = create_app({"model_dir": str(args.model_dir)})
+    app = create_app({"model_dir": str(args.model_dir), "fast_predict": not args.flask})
     png = args.sample.read_bytes()
     # The request as nginx hands it over: a multipart upload encoded as requests (urllib3) encodes
     # it, with a plain boundary as curl and browsers send too, encoded once: only the app runs.
@@ -84,28 +110,7 @@ def main() -> int:
     profiler.disable()
     total = time.process_time() - started
     sys.stderr = stderr
-    stats = pstats.Stats(profiler).stats  # (file, line, name) -> (cc, nc, tt, ct, callers)
-
-    def cumulative(suffix: str, name: str) -> float:
-        return sum(v[3] for (f, _, n), v in stats.items() if f.endswith(suffix) and n == name)
-
-    def package(part: str) -> float:
-        return sum(v[2] for (f, _, _), v in stats.items() if part in f)
-
-    per = 1000 / args.requests
-    print(
-        f"{args.requests} POST /predict through the WSGI app: {plain * per:.3f} ms CPU a request "
-        f"({total * per:.3f} ms under the profiler; the shares below are the profiler's)"
-    )
-    print(f"{'stage':44} {'ms/request':>10} {'share':>6}")
-    accounted = 0.0
-    rows = [(name, cumulative(suffix, fn)) for name, suffix, fn in STAGES]
-    rows += [(name, package(part)) for name, part in PACKAGES]
-    for name, seconds in rows:
-        accounted += seconds
-        print(f"{name:44} {seconds * per:>10.3f} {seconds / total:>6.1%}")
-    rest = total - accounted
-    print(f"{'Flask/Werkzeug request, routing, the rest':44} {rest * per:>10.3f} {rest / total:>6.1%}")
+    report(pstats.Stats(profiler).stats, plain, total, args.requests, args.flask)
     return 0
 
 

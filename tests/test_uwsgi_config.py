@@ -116,6 +116,10 @@ def test_base_ini_holds_the_measured_choices():
         assert base[flag] == "true", flag
     # Measured: with processes only it costs c=1 latency; threaded hosts add it themselves.
     assert "thunder-lock" not in base
+    # Measured: workers that serve equal shares reach a request count together and all reload
+    # at once; memory growth (reload-on-rss) is what recycles a worker.
+    assert "max-requests" not in base
+    assert base["reload-on-rss"] == "2048"
     assert base["harakiri"] == "30"
     assert base["listen"] == "512"
     assert base["disable-logging"] == "true"

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 from flask import Flask, Response, g, request
 
-from . import logs, metrics
+from . import fastpath, logs, metrics
 from .batching import IN_FLIGHT
 from .config import Settings
 from .errors import register_error_handlers
@@ -39,6 +39,8 @@ def create_app(config: Mapping | None = None) -> Flask:
     from .api import register_blueprints
 
     register_blueprints(app)
+    if settings.fast_predict:
+        fastpath.install(app, runtime, settings)
 
     if settings.model_load == "sync":
         try:
@@ -70,13 +72,11 @@ def _register_request_hooks(app: Flask, settings: Settings) -> None:
     def _finish(response: Response) -> Response:
         # The rule, not the path, keeps label cardinality bounded (unknown paths share one label).
         endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        metrics.REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
         started = g.get("started")
         seconds = None if started is None else time.perf_counter() - started
-        if seconds is not None:
-            metrics.LATENCY.labels(endpoint, str(response.status_code)).observe(seconds)
+        metrics.observe_request(endpoint, request.method, response.status_code, seconds)
         if settings.access_log:
-            logs.access(request.method, request.path, endpoint, response.status_code, seconds)
+            logs.access(request.method, request.path, endpoint, response.status_code, seconds, rid=logs.request_id())
         origin = request.headers.get("Origin")
         if origin and ("*" in origins or origin in origins):
             response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin

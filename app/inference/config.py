@@ -47,6 +47,9 @@ class Settings:
     batch_max_size: int = 16
     batch_timeout_micros: int = 2000
     batch_sizes: tuple[int, ...] = ()
+    # POST /predict's common request (an image classifier's upload) served without Flask's
+    # per-request machinery (fastpath.py): the same checks, bytes, metrics and access line.
+    fast_predict: bool = True
     # One JSON access line a request in the app's log (with the request id nginx passes on).
     access_log: bool = True
     # While this file exists the host is drained (its nginx's doing); /metrics reports it.
@@ -83,7 +86,7 @@ def _parse(name: str, raw: str):
         return tuple(part.strip() for part in raw.split(",") if part.strip())
     if name in ("warmup_batch_sizes", "batch_sizes"):
         return tuple(int(part) for part in raw.split(",") if part.strip())
-    if name in ("gpu_memory_growth", "access_log", "batching", "tf_fold_batch_norms"):
+    if name in ("gpu_memory_growth", "access_log", "batching", "tf_fold_batch_norms", "fast_predict"):
         return raw.strip().lower() in ("1", "true", "yes", "on")
     if name in (
         "max_content_length",

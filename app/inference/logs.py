@@ -67,8 +67,8 @@ def _json_stream() -> logging.StreamHandler | None:
     return None
 
 
-def access(method: str, path: str, endpoint: str, status: int, seconds: float | None) -> None:
-    """The request's access line (request id included), the same line JsonFormatter writes. Written
+def access(method: str, path: str, endpoint: str, status: int, seconds: float | None, *, rid: str | None) -> None:
+    """The request's access line (with its request id, ``rid``), the same line JsonFormatter writes. Written
     straight to the JSON stream when that is where it goes: a LogRecord and the formatter's
     generic path cost 0.17 ms a request, a seventh of the app's CPU on a small model."""
     if not ACCESS.isEnabledFor(logging.INFO):
@@ -82,7 +82,6 @@ def access(method: str, path: str, endpoint: str, status: int, seconds: float | 
             "logger": ACCESS.name,
             "message": f"{method} {path} {status}",
         }
-        rid = request_id()
         if rid:
             line["request_id"] = rid
         line.update(
@@ -103,6 +102,7 @@ def access(method: str, path: str, endpoint: str, status: int, seconds: float | 
         path,
         status,
         extra={
+            "request_id": rid,
             "method": method,
             "path": path,
             "endpoint": endpoint,

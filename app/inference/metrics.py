@@ -86,6 +86,13 @@ _WORKER_FILE = re.compile(r"^(?P<type>counter|histogram|summary|gauge)_(?:(?P<mo
 ARCHIVE = "archive"  # the pid part of the files that hold what gone workers left
 
 
+def observe_request(endpoint: str, method: str, status: int, seconds: float | None) -> None:
+    """A handled request: its count and, when its start is known, its duration."""
+    REQUESTS.labels(endpoint, method, str(status)).inc()
+    if seconds is not None:
+        LATENCY.labels(endpoint, str(status)).observe(seconds)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
