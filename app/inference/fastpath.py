@@ -3,12 +3,13 @@
 Under load (LiteRT digits CNN behind nginx, 2-core VM, c=16) a request cost a uWSGI worker
 about 710 µs of CPU through Flask, and 390 µs through a bare WSGI function doing the same
 decode, model call and JSON: Flask's request and app contexts, URL matching, hooks, proxies and
-response object took the difference. This WSGI
-middleware sits in front of the Flask app (``app.wsgi_app``) and serves the request most clients
-send to an image classifier: an upload (multipart ``image`` or a raw image body), no ``Origin``
-header (CORS stays Flask's), and at most ``model``, ``version`` and ``top_k`` as plain query
-values. It calls the functions the Flask view calls (``decode_image``, ``infer``, ``ranked``),
-writes the bytes ``jsonify`` writes, and records the same metrics and access line.
+response object took the difference. This WSGI middleware sits in front of the Flask app
+(``app.wsgi_app``) and serves the request most clients send to an image classifier: an upload
+(multipart ``image`` or a raw image body), no ``Origin`` header (CORS stays Flask's), and at
+most ``model``, ``version`` and ``top_k`` as plain query values. It calls what the Flask view
+calls (``split_form_data``, ``decode_image``, ``infer``, ``ranked``, and the view's own field,
+upload and ``top_k`` rules), writes the bytes ``jsonify`` writes, and records the same metrics
+and access line.
 
 Everything else goes to Flask unchanged, and so does any request that fails before its model
 runs (unknown model, bad ``top_k``, an image that does not decode, a model not ready): the body
@@ -29,10 +30,11 @@ from flask import Flask, g
 
 from . import logs, metrics
 from .api import infer
-from .api.predict import ranked
+from .api.predict import is_raw_image, ranked, top_k_value
 from .batching import IN_FLIGHT
 from .config import Settings
-from .multipart import Parts, split_form_data
+from .errors import ApiError
+from .multipart import files, form_fields, split_form_data
 from .preprocess import decode_image
 from .runtime import ModelNotFound, ModelRuntime, ServedModel
 
@@ -42,7 +44,6 @@ if TYPE_CHECKING:
 PATH = "/predict"
 # Query strings whose meaning is plain (no escapes, no repeated or unknown keys); others go to Flask.
 _QUERY = re.compile(r"(?:model|version|top_k)=[A-Za-z0-9._~-]*")
-_IMAGE_BODY = ("application/octet-stream",)
 
 
 class Unserved(Exception):
@@ -107,15 +108,12 @@ class FastPredict:
         release = model.release
         if release.task != "classification" or release.input.kind != "image":
             raise Unserved
-        classes = len(release.labels)
-        top_k = min(release.top_k, classes)
-        if "top_k" in args:
-            raw = args["top_k"]
-            if not raw.isdigit() or not 1 <= int(raw) <= classes:
-                raise Unserved
-            top_k = int(raw)
         try:
-            batch = decode_image(image, release.input, self.runtime.settings.max_image_pixels)[None]
+            top_k = top_k_value(args.get("top_k"), len(release.labels), release.top_k)
+        except ApiError:
+            raise Unserved from None
+        try:
+            batch = decode_image(image, release.input, self.settings.max_image_pixels)[None]
         except Exception:
             raise Unserved from None  # Flask decodes it again and answers with the error
         return model, batch, top_k
@@ -131,7 +129,7 @@ class FastPredict:
             raise Unserved
         content_type = environ.get("CONTENT_TYPE", "")
         mimetype = content_type.partition(";")[0].strip().lower()
-        if mimetype != "multipart/form-data" and not (mimetype.startswith("image/") or mimetype in _IMAGE_BODY):
+        if mimetype != "multipart/form-data" and not is_raw_image(mimetype):
             raise Unserved
         body = environ["wsgi.input"].read(length)
         environ["wsgi.input"] = io.BytesIO(body)
@@ -143,12 +141,12 @@ class FastPredict:
         parts = split_form_data(content_type, body)
         if parts is None:
             raise Unserved
-        uploads = [content for filename, content in parts.get("image", []) if filename is not None]
+        uploads = files(parts, "image")
         if len(uploads) != 1:
             raise Unserved
-        # As the Flask view: the query's value when the key is there, else the form's.
-        name = _form_field(parts, "model") if name is None else name
-        version = _form_field(parts, "version") if version is None else version
+        # As the Flask view: the query's value when the key is there, else the form's first.
+        name = next(iter(form_fields(parts, "model")), None) if name is None else name
+        version = next(iter(form_fields(parts, "version")), None) if version is None else version
         return name, version, uploads[0]
 
     def _flask_error(
@@ -175,12 +173,6 @@ def _query_args(query: str) -> dict[str, str]:
                 raise Unserved
             args[key] = value
     return args
-
-
-def _form_field(parts: Parts, name: str) -> str | None:
-    """The first plain (not file) form field ``name``, as the Flask view reads it."""
-    fields = [content for filename, content in parts.get(name, []) if filename is None]
-    return fields[0].decode("utf-8", "replace") if fields else None
 
 
 def install(app: Flask, runtime: ModelRuntime, settings: Settings) -> None:

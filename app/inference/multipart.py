@@ -66,3 +66,13 @@ def split_form_data(content_type: str, body: bytes) -> Parts | None:
             return None
         parts.setdefault(params["name"], []).append((params.get("filename"), content))
     return parts
+
+
+def form_fields(parts: Parts, name: str) -> list[str]:
+    """The plain (not file) form fields called ``name``, decoded, in body order."""
+    return [content.decode("utf-8", "replace") for filename, content in parts.get(name, []) if filename is None]
+
+
+def files(parts: Parts, name: str) -> list[bytes]:
+    """The uploaded files called ``name``, in body order."""
+    return [content for filename, content in parts.get(name, []) if filename is not None]

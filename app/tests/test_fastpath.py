@@ -87,7 +87,7 @@ def flask_cases(samples: dict[str, bytes]) -> dict[str, tuple[dict, int]]:
         "top_k word": ({"data": form(png), "query_string": "top_k=abc"}, 400),
         "top_k twice": ({"data": form(png), "query_string": "top_k=2&top_k=3"}, 200),
         "top_k escaped": ({"data": form(png), "query_string": "top_k=%33"}, 200),
-        "segmentation's query": ({"data": form(png), "query_string": "format=png"}, 200),
+        "format query (segmentation's)": ({"data": form(png), "query_string": "format=png"}, 200),
         "unknown model": ({"data": form(png), "query_string": "model=nope"}, 404),
         "unknown version": ({"data": form(png), "query_string": "model=digits&version=9"}, 404),
         "tabular model": ({"data": form(png), "query_string": "model=iris"}, 415),

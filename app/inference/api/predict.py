@@ -20,7 +20,7 @@ from flask import Blueprint, Response, g, jsonify, request
 from PIL import Image
 
 from ..errors import ApiError
-from ..multipart import Parts, split_form_data
+from ..multipart import Parts, files, form_fields, split_form_data
 from ..preprocess import decode_image, feature_row, text_value
 from ..release import TextSpec
 from ..runtime import ServedModel
@@ -126,11 +126,7 @@ def _field(name: str) -> str | None:
     value = request.args.get(name)
     if value is None and request.mimetype == "multipart/form-data":
         parts = _parts()
-        if parts is None:
-            value = request.form.get(name)
-        else:
-            fields = [content for filename, content in parts.get(name, []) if filename is None]
-            value = fields[0].decode("utf-8", "replace") if fields else None
+        value = request.form.get(name) if parts is None else next(iter(form_fields(parts, name)), None)
     return value or None
 
 
@@ -159,15 +155,12 @@ def _text(spec: TextSpec) -> str:
 
 def _image_bytes() -> bytes:
     content_type = request.mimetype or ""
-    if content_type.startswith("image/") or content_type == "application/octet-stream":
+    if is_raw_image(content_type):
         return request.get_data(cache=False)
     if content_type != "multipart/form-data":
         raise ApiError(415, "unsupported_media", "send multipart/form-data with an 'image' field, or a raw image body")
     parts = _parts()
-    if parts is None:
-        uploads = [upload.read() for upload in request.files.getlist("image")]
-    else:
-        uploads = [content for filename, content in parts.get("image", []) if filename is not None]
+    uploads = [upload.read() for upload in request.files.getlist("image")] if parts is None else files(parts, "image")
     if not uploads:
         raise ApiError(400, "missing_field", "multipart field 'image' is required")
     if len(uploads) > 1:
@@ -175,8 +168,17 @@ def _image_bytes() -> bytes:
     return uploads[0]
 
 
+def is_raw_image(mimetype: str) -> bool:
+    """Whether a body of this type is the image itself (not a form)."""
+    return mimetype.startswith("image/") or mimetype == "application/octet-stream"
+
+
 def _top_k(classes: int, default: int) -> int:
-    raw = request.args.get("top_k")
+    return top_k_value(request.args.get("top_k"), classes, default)
+
+
+def top_k_value(raw: str | None, classes: int, default: int) -> int:
+    """The ``top_k`` query value asked for (``raw``), or the release's default; 400 otherwise."""
     if raw is None:
         return min(default, classes)
     try:
