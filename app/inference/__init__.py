@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
 
 from flask import Flask, Response, g, request
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from . import fastpath, logs, metrics
 from .batching import IN_FLIGHT
@@ -70,6 +72,7 @@ def _register_request_hooks(app: Flask, settings: Settings) -> None:
 
     @app.after_request
     def _finish(response: Response) -> Response:
+        _read_to_the_end()
         # The rule, not the path, keeps label cardinality bounded (unknown paths share one label).
         endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
         started = g.get("started")
@@ -85,3 +88,16 @@ def _register_request_hooks(app: Flask, settings: Settings) -> None:
             response.headers["Access-Control-Max-Age"] = "600"
             response.vary.add("Origin")
         return response
+
+
+def _read_to_the_end() -> None:
+    """Read the request body to its end before answering, also when the answer came first (an
+    unknown model, a wrong method, a request refused from its header): uWSGI closes the socket
+    after the response, and nginx, still writing the unread body into it, answered 502 for a
+    request that had its 4xx, a 502 that a balancer counts against the host. At most the body
+    limit (max_content_length, the same as nginx's), and nothing when the view read it all."""
+    # A client gone, or one that sent more than the limit: then nothing is left to protect.
+    stream = request.stream  # Werkzeug's LimitedStream, or the fast path's copy of the body
+    with contextlib.suppress(ClientDisconnected, RequestEntityTooLarge, OSError):
+        while stream.read(1 << 16):
+            pass

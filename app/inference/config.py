@@ -18,7 +18,10 @@ class Settings:
     # meanwhile. "none": never load (tests of readiness).
     model_load: str = "sync"
     max_content_length: int = 8 * 1024 * 1024
+    # What decoding may cost a request (preprocess.PixelBudget): pixels in one image, and in all
+    # the images of one request (a batch of b64 instances). Checked from each image's header.
     max_image_pixels: int = 4096 * 4096
+    max_request_pixels: int = 2 * 4096 * 4096
     max_batch: int = 128
     cors_origins: tuple[str, ...] = ()
     # 0 keeps TensorFlow's default (all cores); 1 per worker is fastest with one worker per core.
@@ -91,6 +94,7 @@ def _parse(name: str, raw: str):
     if name in (
         "max_content_length",
         "max_image_pixels",
+        "max_request_pixels",
         "max_batch",
         "tf_intra_op_threads",
         "tf_inter_op_threads",

@@ -19,6 +19,7 @@ INPUT_STATUS = {
     "unsupported_media": 415,
     "corrupt_image": 415,
     "image_too_large": 413,
+    "request_too_large": 413,
     "text_too_long": 413,
     "invalid_request": 400,
     "invalid_base64": 400,

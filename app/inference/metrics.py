@@ -86,9 +86,19 @@ _WORKER_FILE = re.compile(r"^(?P<type>counter|histogram|summary|gauge)_(?:(?P<mo
 ARCHIVE = "archive"  # the pid part of the files that hold what gone workers left
 
 
+# Label values come from closed sets, so no client can grow the series (or the multiprocess
+# files every scrape reads): the endpoint is the matched route rule ("unmatched" for any other
+# path), the method one of these or "other", the status an HTTP status code.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else "other"
+
+
 def observe_request(endpoint: str, method: str, status: int, seconds: float | None) -> None:
     """A handled request: its count and, when its start is known, its duration."""
-    REQUESTS.labels(endpoint, method, str(status)).inc()
+    REQUESTS.labels(endpoint, method_label(method), str(status)).inc()
     if seconds is not None:
         LATENCY.labels(endpoint, str(status)).observe(seconds)
 

@@ -26,22 +26,53 @@ class InputError(ValueError):
 
 
 # Modes holding more than 8 bits per channel; Pillow's convert() clips them, so they are
-# rescaled by hand.
+# rescaled by hand, after the resize (on the small image, never on a full-size float copy).
 _WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+# The formats an upload may be in: the common photo, web and scan formats. Pillow reads dozens
+# more (PSD, FITS, SGI, SPIDER, ...) that no client sends and each is more parser to attack.
+# JPEG includes MPO (multi-picture JPEG, as many cameras write).
+FORMATS = ("PNG", "JPEG", "GIF", "TIFF", "WEBP", "BMP", "ICO", "PPM")
+Image.init()  # registers every plugin, so open(formats=...) finds each of these
 
 
-def decode_image(data: bytes, spec: InputSpec, max_pixels: int) -> np.ndarray:
-    """Decode one encoded image into an array of ``spec.shape``, scaled as the model expects."""
+class PixelBudget:
+    """What decoding may cost one request: at most ``per_image`` pixels in one image and
+    ``per_request`` over every image of the request (a batch of b64 instances draws on one
+    budget). Each image's size is checked from its header, before a pixel is decoded, so an
+    image over the budget costs a header's parse, not a decode. Pixels, not upload bytes: a
+    35 KB PNG can hold 16 million pixels."""
+
+    def __init__(self, per_image: int, per_request: int | None = None) -> None:
+        self.per_image = per_image
+        self.per_request = per_image if per_request is None else per_request
+        self.left = self.per_request
+
+    def take(self, width: int, height: int, where: str = "image") -> None:
+        pixels = width * height
+        if pixels > self.per_image:
+            message = f"{where} is {width}x{height}; at most {self.per_image} pixels an image are accepted"
+            raise InputError("image_too_large", message)
+        if pixels > self.left:
+            message = (
+                f"{where} is {width}x{height}: the request's images would hold more than "
+                f"{self.per_request} pixels in all, the most one request may decode"
+            )
+            raise InputError("request_too_large", message)
+        self.left -= pixels
+
+
+def decode_image(data: bytes, spec: InputSpec, budget: PixelBudget | int, where: str = "image") -> np.ndarray:
+    """Decode one encoded image into an array of ``spec.shape``, scaled as the model expects.
+    ``budget``: the request's PixelBudget, or a plain per-image pixel limit."""
+    if not isinstance(budget, PixelBudget):
+        budget = PixelBudget(budget)
     if not data:
-        raise InputError("empty_image", "the uploaded image is empty")
+        raise InputError("empty_image", f"{where}: the uploaded image is empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if width * height > max_pixels:
-                message = f"image is {width}x{height}; at most {max_pixels} pixels are accepted"
-                raise InputError("image_too_large", message)
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
+            budget.take(*img.size, where=where)
             # JPEG can decode at 1/2..1/8 scale for free: never decode more than twice the target.
             img.draft("RGB", (spec.width * 2, spec.height * 2))
             img.load()
@@ -52,11 +83,12 @@ def decode_image(data: bytes, spec: InputSpec, max_pixels: int) -> np.ndarray:
     except InputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InputError("image_too_large", str(exc)) from exc
+        raise InputError("image_too_large", f"{where}: {exc}") from exc
     except UnidentifiedImageError as exc:
-        raise InputError("unsupported_media", "the upload is not an image Pillow can read") from exc
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError) as exc:
-        raise InputError("corrupt_image", f"the image could not be decoded: {exc}") from exc
+        message = f"{where}: not an image in a format this service reads ({', '.join(FORMATS)})"
+        raise InputError("unsupported_media", message) from exc
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError, MemoryError) as exc:
+        raise InputError("corrupt_image", f"{where}: the image could not be decoded: {exc}") from exc
     arr = np.array(img, dtype=np.float32)  # always a new array: scaled in place, no temporaries
     if arr.ndim == 2:
         arr = arr[:, :, None]
@@ -78,6 +110,11 @@ def text_value(value: object, spec: TextSpec, where: str) -> str:
         raise InputError("invalid_dtype", f"{where}: expected a string, got {type(value).__name__}")
     if len(value) > spec.max_chars:
         raise InputError("text_too_long", f"{where}: {len(value)} characters; at most {spec.max_chars} are accepted")
+    if not value.isascii():
+        try:  # JSON's "\ud800" escapes give lone surrogates, which no model's string tensor takes
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InputError("invalid_text", f"{where}: text must be valid Unicode (no lone surrogates)") from exc
     return value
 
 
@@ -94,9 +131,14 @@ def _to_color_mode(img: Image.Image, spec: InputSpec) -> Image.Image:
     if getattr(img, "is_animated", False):
         img.seek(0)
     if img.mode in _WIDE_MODES:
-        arr = np.asarray(img, dtype=np.float64)
-        top = float(arr.max()) or 1.0
-        img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L")
+        # Scaled to 0..255 by the image's own maximum, read without a copy; the resize runs on
+        # 32-bit integers (I;16 cannot be resized), and only the small result becomes floats.
+        top = float(img.getextrema()[1]) or 1.0
+        if img.mode != "F":
+            img = img.convert("I")
+        small = img.resize((spec.width, spec.height), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        arr = np.asarray(small, dtype=np.float32)
+        img = Image.fromarray(np.clip(arr * np.float32(255.0 / top), 0, 255).astype(np.uint8), "L")
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
@@ -110,14 +152,14 @@ def _to_color_mode(img: Image.Image, spec: InputSpec) -> Image.Image:
     return img if img.mode == target else img.convert(target)
 
 
-def decode_b64_image(value: object, spec: InputSpec, max_pixels: int) -> np.ndarray:
+def decode_b64_image(value: object, spec: InputSpec, budget: PixelBudget, where: str = "image") -> np.ndarray:
     if not isinstance(value, str):
-        raise InputError("invalid_instance", '"b64" must hold a base64 string')
+        raise InputError("invalid_instance", f'{where}: "b64" must hold a base64 string')
     try:
         raw = base64.b64decode(value, validate=False)
     except (binascii.Error, ValueError) as exc:
-        raise InputError("invalid_base64", f"invalid base64: {exc}") from exc
-    return decode_image(raw, spec, max_pixels)
+        raise InputError("invalid_base64", f"{where}: invalid base64: {exc}") from exc
+    return decode_image(raw, spec, budget, where)
 
 
 def feature_row(value: object, spec: TensorSpec) -> np.ndarray:
@@ -137,9 +179,10 @@ def feature_row(value: object, spec: TensorSpec) -> np.ndarray:
     return _numeric(value, spec, "instance")
 
 
-def tensor_batch(instances: object, spec: Spec, max_pixels: int, max_batch: int) -> np.ndarray:
+def tensor_batch(instances: object, spec: Spec, budget: PixelBudget, max_batch: int) -> np.ndarray:
     """Build a batch from TF Serving ``instances``: nested lists, ``{"b64": ...}`` (image models),
-    named features (tensor models that name them) or ``{input: ...}``."""
+    named features (tensor models that name them) or ``{input: ...}``. Every image of the batch
+    draws on the one ``budget``."""
     if not isinstance(instances, list) or not instances:
         raise InputError("invalid_request", '"instances" must be a non-empty list')
     if spec.kind == "text":
@@ -158,13 +201,13 @@ def tensor_batch(instances: object, spec: Spec, max_pixels: int, max_batch: int)
         if isinstance(value, dict):
             if spec.kind != "image" or set(value) != {"b64"}:
                 raise InputError("invalid_instance", f'instance {i}: expected a nested list or {{"b64": "..."}}')
-            rows.append(decode_b64_image(value["b64"], spec, max_pixels))
+            rows.append(decode_b64_image(value["b64"], spec, budget, f"instance {i}"))
         else:
             rows.append(_numeric(value, spec, f"instance {i}"))
     return np.stack(rows)
 
 
-def columnar_batch(inputs: object, spec: Spec, max_pixels: int, max_batch: int) -> np.ndarray:
+def columnar_batch(inputs: object, spec: Spec, budget: PixelBudget, max_batch: int) -> np.ndarray:
     """TF Serving's columnar ``inputs``: a tensor, or ``{input: tensor}``; for tensor models that
     name their features, also ``{feature: [values...], ...}``; for text models a string or a
     list of strings."""
@@ -188,9 +231,9 @@ def columnar_batch(inputs: object, spec: Spec, max_pixels: int, max_batch: int) 
             raise InputError("invalid_inputs", "the model has a single input")
         inputs = next(iter(inputs.values()))
     if spec.kind == "image" and isinstance(inputs, dict) and set(inputs) == {"b64"}:
-        return decode_b64_image(inputs["b64"], spec, max_pixels)[None]
+        return decode_b64_image(inputs["b64"], spec, budget)[None]
     if isinstance(inputs, list) and inputs and all(isinstance(x, dict) for x in inputs):
-        return tensor_batch(inputs, spec, max_pixels, max_batch)
+        return tensor_batch(inputs, spec, budget, max_batch)
     arr = _as_float_array(inputs, "inputs")
     if arr.shape == spec.shape:
         arr = arr[None]

@@ -25,7 +25,7 @@ import numpy as np
 from flask import Blueprint, Response, request
 
 from .. import __version__
-from ..errors import ApiError
+from ..errors import INPUT_STATUS, ApiError
 from ..preprocess import InputError, text_batch
 from ..runtime import ModelNotFound, ServedModel, TensorInfo
 from . import infer, ready_runtime, runtime
@@ -53,7 +53,7 @@ def _error(status: int, message: str) -> Response:
 
 @bp.errorhandler(InputError)
 def _input_error(exc: InputError):
-    return _error(400, exc.message)
+    return _error(413 if INPUT_STATUS.get(exc.code) == 413 else 400, exc.message)
 
 
 @bp.errorhandler(ApiError)
@@ -124,9 +124,12 @@ def model_ready(name: str, version: str | None = None):
 def model_infer(name: str, version: str | None = None):
     model = _model(name, version)
     body, binary = _read_request()
+    # Every part of the request is checked before the model runs: a malformed one costs no inference.
+    wanted = _requested(model, body)
+    all_binary = bool(_parameters(body, "the request").get("binary_data_output", False))
     batch = _input_batch(model, body, binary)
     outputs = infer(model, batch)
-    return _respond(model, body, outputs)
+    return _respond(model, body, outputs, wanted, all_binary)
 
 
 def _read_request() -> tuple[dict, bytes]:
@@ -148,6 +151,16 @@ def _read_request() -> tuple[dict, bytes]:
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
         raise InputError("invalid_request", 'the request must be an object with an "inputs" list')
     return body, binary
+
+
+def _parameters(holder: dict, where: str) -> dict:
+    """A ``parameters`` object (of the request, an input or an output): absent, null or an object."""
+    params = holder.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise InputError("invalid_request", f'{where}: "parameters" must be an object')
+    return params
 
 
 def _input_batch(model: ServedModel, body: dict, binary: bytes) -> np.ndarray:
@@ -179,7 +192,7 @@ def _input_batch(model: ServedModel, body: dict, binary: bytes) -> np.ndarray:
         raise InputError("batch_too_large", f"a batch holds 1 to {limit} instances, got {shape[0]}")
     count = int(np.prod(shape))
     dtype = np.dtype(NUMPY[datatype]).newbyteorder("<")
-    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    size = _binary_size(tensor, spec.name)
     if size is not None:
         if "data" in tensor:
             raise InputError("invalid_request", f"input '{spec.name}' has both binary data and JSON data")
@@ -197,6 +210,8 @@ def _input_batch(model: ServedModel, body: dict, binary: bytes) -> np.ndarray:
             arr = np.asarray(tensor["data"], dtype=np.float64 if datatype.startswith("FP") else None)
         except (ValueError, TypeError) as exc:
             raise InputError("invalid_shape", f"input '{spec.name}': data is ragged or not numbers") from exc
+        except OverflowError as exc:  # an integer beyond float64's range, as FP data
+            raise InputError("invalid_value", f"input '{spec.name}': a number out of range for {datatype}") from exc
         if arr.dtype.kind not in "biuf":
             raise InputError("invalid_dtype", f"input '{spec.name}': data must be numbers")
         arr = arr.reshape(-1)
@@ -209,13 +224,20 @@ def _input_batch(model: ServedModel, body: dict, binary: bytes) -> np.ndarray:
     return arr
 
 
+def _binary_size(tensor: dict, name: str) -> int | None:
+    size = _parameters(tensor, f"input '{name}'").get("binary_data_size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        raise InputError("invalid_request", f"input '{name}': binary_data_size must be a non-negative integer")
+    return size
+
+
 def _text_batch(model: ServedModel, spec: TensorInfo, tensor: dict, shape: list, binary: bytes) -> np.ndarray:
     """A text model's strings: shape [N] (or [N, 1]), as JSON strings or the binary extension's
     length-prefixed elements."""
     if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
         raise InputError("invalid_shape", f"input '{spec.name}': shape {shape} given, the model takes [-1] or [-1, 1]")
     count = shape[0]
-    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    size = _binary_size(tensor, spec.name)
     if size is not None:
         if "data" in tensor or size != len(binary):
             raise InputError(
@@ -251,10 +273,14 @@ def _requested(model: ServedModel, body: dict) -> list[tuple[int, dict]]:
         raise InputError("invalid_request", '"outputs" must be a list of objects')
     chosen = []
     for output in requested:
-        if output.get("name") not in names:
+        if not isinstance(output.get("name"), str) or output["name"] not in names:
             message = f"unexpected inference output '{output.get('name')}' for model '{model.name}'"
             raise InputError("invalid_request", message)
-        chosen.append((names.index(output["name"]), output.get("parameters") or {}))
+        params = _parameters(output, f"output '{output['name']}'")
+        k = params.get("classification", 1)
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise InputError("invalid_request", "classification must be a positive integer")
+        chosen.append((names.index(output["name"]), params))
     return chosen
 
 
@@ -271,10 +297,11 @@ def _classes(model: ServedModel, values: np.ndarray, k: object) -> np.ndarray:
     return np.array(rows, dtype=object)
 
 
-def _respond(model: ServedModel, body: dict, outputs: list[np.ndarray]) -> Response:
-    all_binary = bool((body.get("parameters") or {}).get("binary_data_output", False))
+def _respond(
+    model: ServedModel, body: dict, outputs: list[np.ndarray], wanted: list[tuple[int, dict]], all_binary: bool
+) -> Response:
     entries, chunks = [], []
-    for index, params in _requested(model, body):
+    for index, params in wanted:
         info = model.signature.outputs[index]
         values = outputs[index]
         datatype = info.datatype

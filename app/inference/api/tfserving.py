@@ -16,8 +16,8 @@ import re
 from flask import Blueprint, Response, request
 from werkzeug.exceptions import MethodNotAllowed
 
-from ..errors import ApiError, error_response
-from ..preprocess import InputError, columnar_batch, tensor_batch
+from ..errors import INPUT_STATUS, ApiError, error_response
+from ..preprocess import InputError, PixelBudget, columnar_batch, tensor_batch
 from ..runtime import ModelNotFound, ServedModel, TensorInfo
 from . import infer, ready_runtime
 
@@ -28,7 +28,8 @@ _PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?:(?P<m
 
 @bp.errorhandler(InputError)
 def _input_error(exc: InputError):
-    return error_response(400, exc.code, exc.message)
+    # TF Serving answers 400 to any input it cannot take; a size limit is a 413 on every protocol.
+    return error_response(413 if INPUT_STATUS.get(exc.code) == 413 else 400, exc.code, exc.message)
 
 
 @bp.route("/v1/models/<path:spec>", methods=["GET", "POST"])
@@ -72,15 +73,16 @@ def _predict(model: ServedModel) -> Response:
     if not isinstance(body, dict) or ("instances" in body) == ("inputs" in body):
         raise InputError("invalid_request", 'the body must be an object with exactly one of "instances" or "inputs"')
     settings = ready_runtime().settings
+    budget = PixelBudget(settings.max_image_pixels, settings.max_request_pixels)
     spec = model.release.input
     names = [o.name for o in model.signature.outputs]
     if "instances" in body:
-        outputs = infer(model, tensor_batch(body["instances"], spec, settings.max_image_pixels, settings.max_batch))
+        outputs = infer(model, tensor_batch(body["instances"], spec, budget, settings.max_batch))
         if len(outputs) == 1:
             return _json({"predictions": outputs[0].tolist()})
         rows = [{n: out[i].tolist() for n, out in zip(names, outputs, strict=True)} for i in range(len(outputs[0]))]
         return _json({"predictions": rows})
-    outputs = infer(model, columnar_batch(body["inputs"], spec, settings.max_image_pixels, settings.max_batch))
+    outputs = infer(model, columnar_batch(body["inputs"], spec, budget, settings.max_batch))
     if len(outputs) == 1:
         return _json({"outputs": outputs[0].tolist()})
     return _json({"outputs": {n: out.tolist() for n, out in zip(names, outputs, strict=True)}})

@@ -125,6 +125,88 @@ def test_no_session_tickets(edge):
     assert "TLS session ticket" not in out.stdout
 
 
+# Mozilla's "intermediate" TLS 1.2 suites: every one ECDHE (forward secrecy) with an AEAD cipher.
+FORWARD_SECRET = re.compile(r"^(ECDHE|TLS_)[A-Z0-9_-]*(GCM|CHACHA20)")
+
+
+@pytest.mark.parametrize("edge", EDGES)
+def test_a_tls_scanner_finds_forward_secret_suites_only(edge):
+    """sslscan (Debian's) lists every suite the edge accepts, protocol by protocol."""
+    _, _, _, port = EDGES[edge]
+    out = subprocess.run(
+        ["sslscan", "--no-colour", "--no-heartbleed", "--xml=-", f"localhost:{port}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    accepted = re.findall(r'<cipher status="(?:accepted|preferred)" sslversion="([^"]+)"[^>]* cipher="([^"]+)"', out)
+    assert {version for version, _ in accepted} == {"TLSv1.2", "TLSv1.3"}, accepted
+    weak = [(version, cipher) for version, cipher in accepted if not FORWARD_SECRET.match(cipher)]
+    assert weak == [], weak
+    for protocol in ("SSLv2", "SSLv3", "TLSv1.0", "TLSv1.1"):
+        assert re.search(rf'<protocol type="(?:ssl|tls)" version="{protocol[-3:]}" enabled="1"', out) is None, protocol
+
+
+# --- Request limits at the edge: one setting each (funfleet_request_*), a JSON 4xx over them --
+
+
+def raw_status(port: int, request: bytes) -> tuple[int, dict]:
+    with tls_socket(port) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+def request_with(path: str = "/healthz", headers: tuple[tuple[str, str], ...] = (), method: str = "GET") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: localhost", *(f"{k}: {v}" for k, v in headers), "Connection: close"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+@pytest.mark.parametrize("edge", EDGES)
+@pytest.mark.parametrize(
+    ("case", "request_bytes", "status", "code"),
+    [
+        (
+            "three 6 KB headers",
+            request_with(headers=tuple((f"X-Big-{i}", "a" * 6000) for i in range(3))),
+            431,
+            "headers_too_large",
+        ),
+        ("a 9 KB cookie", request_with(headers=(("Cookie", "a=" + "b" * 9000),)), 431, "headers_too_large"),
+        ("a 9 KB URI", request_with("/healthz?q=" + "a" * 9000), 414, "uri_too_long"),
+        (
+            "a 9 MiB body",
+            request_with("/predict", (("Content-Length", str(9 << 20)), ("Content-Type", "image/png")), "POST"),
+            413,
+            "request_too_large",
+        ),
+        ("a garbage request line", b"GET\x01 / HTTP/1.1\r\n\r\n", 400, "bad_request"),
+    ],
+)
+def test_over_a_limit_the_edge_answers_json(edge, case, request_bytes, status, code):
+    _, _, _, port = EDGES[edge]
+    got, body = raw_status(port, request_bytes)
+    assert (got, body["code"], body["status"]) == (status, code, status), (case, body)
+
+
+@pytest.mark.parametrize("edge", EDGES)
+def test_inside_the_limits_large_requests_reach_the_app(edge):
+    """Headers and a query string as large as the edge takes (16 KB of headers, twice the query
+    string in uWSGI's request variables): each hop behind takes them."""
+    _, _, _, port = EDGES[edge]
+    for request_bytes in (
+        request_with(headers=tuple((f"x{i}", "1") for i in range(700))),
+        request_with("/healthz?q=" + "a" * 7900),
+        request_with(headers=tuple((f"X-Big-{i}", "a" * 7900) for i in range(2))),
+    ):
+        got, body = raw_status(port, request_bytes)
+        assert got == 200, body
+
+
 @pytest.mark.parametrize("edge", EDGES)
 def test_plain_http_redirects_to_https(edge):
     _, _, http, _ = EDGES[edge]
@@ -188,6 +270,18 @@ def test_only_the_edges_limit_clients():
     behind = sh(APP, "nginx", "-T").stdout
     assert "limit_req " not in behind
     assert "limit_conn " not in behind
+
+
+def test_request_limits_come_from_one_setting_at_every_hop():
+    """funfleet_request_*: the edges hold them, the app host behind the balancer one buffer and
+    1 KiB a line more, uWSGI the most nginx can pass, the app the same body limit."""
+    for host, buffers in ((LB, "2 8k"), (SOLO, "2 8k"), (APP, "3 9k")):
+        config = sh(host, "nginx", "-T").stdout
+        assert f"large_client_header_buffers {buffers};" in config, host
+        assert "client_max_body_size 8m;" in config, host
+    for host in (APP, SOLO):
+        assert "buffer-size = 65535" in sh(host, "cat", "/etc/funfleet/base.ini").stdout
+        assert "FUNFLEET_MAX_CONTENT_LENGTH=8388608" in sh(host, "cat", "/etc/funfleet/app.env").stdout
 
 
 def test_traffic_under_the_limits_gets_no_429():
