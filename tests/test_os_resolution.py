@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from packaging.requirements import Requirement
 
 from conftest import HOSTS, ROOT
@@ -105,6 +106,24 @@ def test_unit_layout(plans, host):
     # The rest of the hardening is the same on both.
     for line in ("NoNewPrivileges=yes", "ProtectSystem=strict", "CapabilityBoundingSet=", "DevicePolicy=closed"):
         assert line in unit
+
+
+INVENTORY = yaml.safe_load((ROOT / "tests" / "resolve" / "inventory.yml").read_text())
+MEMORY = {host: spec["memory"] for host, spec in INVENTORY["all"]["hosts"].items()}
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_out_of_memory_takes_a_worker_not_the_host(plans, host):
+    """MemoryMax never above the host's memory less 512 MiB for nginx, sshd and the rest (the
+    old default, 2560 MiB a worker and 512, allowed 5.5 GiB on debian12-gpu's 4 GiB);
+    workers first for the kernel's OOM killer; one worker killed, not the service stopped."""
+    unit = plans[host]["uwsgi"]["unit"].splitlines()
+    memory_max = next(int(line.split("=")[1].rstrip("M")) for line in unit if line.startswith("MemoryMax="))
+    assert memory_max <= MEMORY[host] - 512
+    assert memory_max == min(plans[host]["uwsgi"]["processes"] * 2560 + 512, MEMORY[host] - 512)
+    assert "OOMScoreAdjust=500" in unit
+    assert "OOMPolicy=continue" in unit
+    assert "LogRateLimitIntervalSec=0" in unit
 
 
 @pytest.mark.parametrize("host", HOSTS)
