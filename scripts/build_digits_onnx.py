@@ -64,7 +64,7 @@ def main() -> int:
     from sklearn.neural_network import MLPClassifier
 
     y, idx_train, idx_test, encoded = split(args.seed)
-    x = {p: np.stack([decode_image(png, SPEC, max_pixels=1 << 20) for png in encoded[p]]) for p in POLARITIES}
+    x = {p: np.stack([decode_image(png, SPEC, 1 << 20) for png in encoded[p]]) for p in POLARITIES}
     x_train = np.concatenate([x[p][idx_train] for p in POLARITIES]).reshape(-1, 256)
     y_train = np.concatenate([y[idx_train] for _ in POLARITIES])
     mlp = MLPClassifier(hidden_layer_sizes=(64,), max_iter=300, random_state=args.seed)

@@ -112,7 +112,7 @@ def main() -> int:
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
     y, idx_train, idx_test, encoded = split(args.seed)
-    x = {p: np.stack([decode_image(png, SPEC, max_pixels=1 << 20) for png in encoded[p]]) for p in POLARITIES}
+    x = {p: np.stack([decode_image(png, SPEC, 1 << 20) for png in encoded[p]]) for p in POLARITIES}
 
     model = build_model(keras)
     model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])

@@ -59,7 +59,7 @@ def main() -> int:
     keras, tf = seeded_keras(args.seed)
 
     y, idx_train, idx_test, encoded = split(args.seed)
-    x = np.stack([decode_image(png, SPEC, max_pixels=1 << 20) for png in encoded["dark_on_light"]])
+    x = np.stack([decode_image(png, SPEC, 1 << 20) for png in encoded["dark_on_light"]])
     target = masks(x, y)
     model = build_model(keras)
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")

@@ -96,8 +96,9 @@ def _read_to_the_end() -> None:
     after the response, and nginx, still writing the unread body into it, answered 502 for a
     request that had its 4xx, a 502 that a balancer counts against the host. At most the body
     limit (max_content_length, the same as nginx's), and nothing when the view read it all."""
-    # A client gone, or one that sent more than the limit: then nothing is left to protect.
-    stream = request.stream  # Werkzeug's LimitedStream, or the fast path's copy of the body
+    # A client gone, or one that sent more than the limit: then nothing is left to protect. (Werkzeug
+    # raises RequestEntityTooLarge from ``request.stream`` itself for a body declared over the limit.)
     with contextlib.suppress(ClientDisconnected, RequestEntityTooLarge, OSError):
+        stream = request.stream  # Werkzeug's LimitedStream, or the fast path's copy of the body
         while stream.read(1 << 16):
             pass

@@ -40,7 +40,8 @@ def split_form_data(content_type: str, body: bytes) -> Parts | None:
     """name -> [(filename or None, content)] in body order, or None to let Werkzeug parse it."""
     mimetype, options = options_header(content_type)
     boundary = options.get("boundary")
-    if mimetype != "multipart/form-data" or not boundary:
+    # Werkzeug takes ASCII boundaries only (an RFC 2231 ``boundary*=utf-8''%E2%82%AC`` is not one).
+    if mimetype != "multipart/form-data" or not boundary or not boundary.isascii():
         return None
     delimiter = b"--" + boundary.encode("latin-1")
     chunks = body.split(delimiter)
