@@ -28,10 +28,11 @@ class InputError(ValueError):
 # Modes holding more than 8 bits per channel; Pillow's convert() clips them, so they are
 # rescaled by hand, after the resize (on the small image, never on a full-size float copy).
 _WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
-# The formats an upload may be in: the common photo, web and scan formats. Pillow reads dozens
-# more (PSD, FITS, SGI, SPIDER, ...) that no client sends and each is more parser to attack.
-# JPEG includes MPO (multi-picture JPEG, as many cameras write).
-FORMATS = ("PNG", "JPEG", "GIF", "TIFF", "WEBP", "BMP", "ICO", "PPM")
+# The formats an upload may be in: the common photo, web and scan formats, each of which Pillow
+# opens from its header alone. Pillow reads dozens more (PSD, FITS, SGI, SPIDER, ...) that no
+# client sends, and each is more parser to attack; ICO is out too: Pillow decodes an icon's
+# image inside open(), before its size can be checked. JPEG includes MPO (as many cameras write).
+FORMATS = ("PNG", "JPEG", "GIF", "TIFF", "WEBP", "BMP", "PPM")
 Image.init()  # registers every plugin, so open(formats=...) finds each of these
 
 

@@ -1,6 +1,8 @@
 """Abuse through the balancer while well-behaved clients predict: every hostile class of
 molecule/shared/hostile.py, sent by several clients at once, as fast as they go (bounded in
-requests and seconds), beside keep-alive clients sending normal predictions.
+requests and seconds), and a flood of cheap hostile requests from the scenario's client host
+(its own address, so it runs into the per-client rate limit, molecule/shared/flood.py), beside
+keep-alive clients sending normal predictions.
 
 Asserted: the well-behaved clients lose nothing; every hostile request gets its 4xx (or a 429);
 the large-but-legal ones are served; the balancer marks no host down (its error log); no uWSGI
@@ -13,9 +15,12 @@ Runs before test_fleet.py (file order) on the same fleet, and leaves it as it fo
 
 from __future__ import annotations
 
+import json
+import subprocess
 import threading
 import time
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +31,9 @@ testinfra_hosts = ["funfleet-fleet-lb"]  # every test runs once; hosts are reach
 
 LB = "funfleet-fleet-lb"
 APPS = ["funfleet-fleet-app1", "funfleet-fleet-app2"]
+CLIENT = "funfleet-fleet-client"
+FLOOD = Path(__file__).resolve().parents[2] / "shared" / "flood.py"
+FLOOD_SECONDS = 20
 PER_CLASS = 40  # requests of each hostile class
 SENDERS = 4  # hostile clients at once
 METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "other"}
@@ -63,7 +71,7 @@ def abuse():
     statuses: dict[str, Counter] = defaultdict(Counter)
     errors: list[str] = []
     lock = threading.Lock()
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 300
 
     def sender(index: int) -> None:
         for name in work[index::SENDERS]:
@@ -79,15 +87,26 @@ def abuse():
             with lock:
                 statuses[name][status] += 1
 
-    with Load(threads=4, keepalive=4, max_requests=100_000, max_seconds=300) as load:
+    flood: dict = {}
+
+    def flooder() -> None:
+        """The client host (its own address, so the balancer's per-client limits are its own):
+        cheap hostile requests as fast as it can, bounded in seconds and requests."""
+        out = sh(CLIENT, "python3", "/root/flood.py", LB, "80", str(FLOOD_SECONDS), "60000", "4", timeout=120)
+        flood.update(json.loads(out.stdout))
+
+    subprocess.run(["docker", "cp", str(FLOOD), f"{CLIENT}:/root/flood.py"], check=True, timeout=60)
+    with Load(threads=4, keepalive=4, max_requests=1_000_000, max_seconds=400) as load:
         time.sleep(2)
         threads = [threading.Thread(target=sender, args=(i,), daemon=True) for i in range(SENDERS)]
+        threads.append(threading.Thread(target=flooder, daemon=True))
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(timeout=300)
         time.sleep(2)
     outcome = {
+        "flood": flood,
         "load": load,
         "statuses": statuses,
         "errors": errors,
@@ -99,6 +118,12 @@ def abuse():
     lines = [f"abuse through the balancer for {outcome['seconds']:.0f}s, {SENDERS} hostile clients at once:"]
     for name, count in statuses.items():
         lines.append(f"  {name}: {sum(count.values())} sent, statuses {dict(sorted(count.items()))}")
+    if flood:
+        rate = flood["sent"] / max(flood["seconds"], 0.1)
+        lines.append(
+            f"  flood from the client host (cheap hostile requests, 4 processes, keep-alive): {flood['sent']} in "
+            f"{flood['seconds']}s ({rate:.0f}/s), statuses {flood['statuses']}"
+        )
     lines.append(f"  well-behaved (keep-alive) meanwhile: {load.summary()}")
     (ROOT / ".cache").mkdir(exist_ok=True)
     (ROOT / ".cache" / "abuse-report.txt").write_text("\n".join(lines) + "\n")
@@ -108,6 +133,8 @@ def abuse():
 
 def test_well_behaved_clients_lose_nothing(abuse):
     load = abuse["load"]
+    # They ran the whole time the hostile clients did (bounded by seconds, not by requests).
+    assert load.seconds >= abuse["seconds"] - 5, load.summary()
     assert load.ok > 0, load.summary()
     assert load.failures == [], load.summary() + "\n" + "\n".join(load.failures[:10])
 
@@ -126,7 +153,16 @@ def test_every_hostile_request_gets_its_4xx_and_every_legal_one_is_served(abuse)
     assert wrong == {}, wrong
 
 
+def test_a_flood_at_the_rate_limit_gets_4xx_and_429_only(abuse):
+    flood = abuse["flood"]
+    assert flood["sent"] > 0, flood
+    bad = {status: n for status, n in flood["statuses"].items() if not (status.isdigit() and 400 <= int(status) < 500)}
+    assert bad == {}, flood
+
+
 def test_the_balancer_marks_no_host_down(abuse):
+    # The balancer logs at warn, where nginx says it marked a host down.
+    assert "error_log /var/log/nginx/error.log warn;" in sh(LB, "nginx", "-T").stdout
     marked = [
         line for line in abuse["log"].splitlines() if "temporarily disabled" in line or "no live upstreams" in line
     ]
