@@ -35,6 +35,7 @@ CLIENT = "funfleet-fleet-client"
 FLOOD = Path(__file__).resolve().parents[2] / "shared" / "flood.py"
 FLOOD_SECONDS = 20
 PER_CLASS = 40  # requests of each hostile class
+LOAD_BOUND = 1_000_000  # well-behaved requests at most (they stop when the hostile clients do)
 SENDERS = 4  # hostile clients at once
 METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "other"}
 
@@ -96,7 +97,7 @@ def abuse():
         flood.update(json.loads(out.stdout))
 
     subprocess.run(["docker", "cp", str(FLOOD), f"{CLIENT}:/root/flood.py"], check=True, timeout=60)
-    with Load(threads=4, keepalive=4, max_requests=1_000_000, max_seconds=400) as load:
+    with Load(threads=4, keepalive=4, max_requests=LOAD_BOUND, max_seconds=400) as load:
         time.sleep(2)
         threads = [threading.Thread(target=sender, args=(i,), daemon=True) for i in range(SENDERS)]
         threads.append(threading.Thread(target=flooder, daemon=True))
@@ -133,8 +134,8 @@ def abuse():
 
 def test_well_behaved_clients_lose_nothing(abuse):
     load = abuse["load"]
-    # They ran the whole time the hostile clients did (bounded by seconds, not by requests).
-    assert load.seconds >= abuse["seconds"] - 5, load.summary()
+    # They ran until the hostile clients were done: stopped then, not by their request bound.
+    assert load.ok + len(load.failures) < LOAD_BOUND, load.summary()
     assert load.ok > 0, load.summary()
     assert load.failures == [], load.summary() + "\n" + "\n".join(load.failures[:10])
 
