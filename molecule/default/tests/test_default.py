@@ -144,7 +144,8 @@ def test_drain_file_takes_the_host_out_of_rotation(host):
 def test_nginx_config(host):
     assert host.run("nginx -t").rc == 0
     dump = host.check_output("nginx -T 2>/dev/null")
-    assert re.findall(r"client_max_body_size\s+(\S+);", dump) == ["10m"]
+    # funfleet_request_body_mb: the same limit as the app's own (FUNFLEET_MAX_CONTENT_LENGTH).
+    assert re.findall(r"client_max_body_size\s+(\S+);", dump) == ["8m"]
     assert "server_tokens off;" in dump
     assert not host.file("/etc/nginx/sites-enabled/default").exists
 
@@ -159,9 +160,9 @@ def test_held_out_digits_through_nginx(label):
 
 
 def test_oversized_upload_is_413_json_from_nginx():
-    response = requests.post(f"{BASE}/predict", files={"image": ("big.png", b"\0" * (11 * 1024 * 1024))}, timeout=30)
+    response = requests.post(f"{BASE}/predict", files={"image": ("big.png", b"\0" * (9 * 1024 * 1024))}, timeout=30)
     assert response.status_code == 413
-    assert response.json() == {"error": "request body larger than 10m", "code": "request_too_large", "status": 413}
+    assert response.json() == {"error": "request body larger than 8m", "code": "request_too_large", "status": 413}
 
 
 def test_non_image_is_415():
