@@ -202,7 +202,7 @@ def _seeds() -> list[bytes]:
     for stem in ("3", "7"):
         gray = Image.open(SAMPLES / f"{stem}.png").convert("L")
         rgb = gray.convert("RGB")
-        seeds += [_encode(rgb, fmt) for fmt in ("JPEG", "GIF", "TIFF", "WEBP", "BMP", "ICO", "PPM")]
+        seeds += [_encode(rgb, fmt) for fmt in ("JPEG", "GIF", "TIFF", "WEBP", "BMP", "PPM")]
         seeds += [
             _encode(gray.convert("I;16"), "PNG"),
             _encode(gray.convert("I;16"), "TIFF"),
