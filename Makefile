@@ -33,7 +33,7 @@ $(VENV)/.installed: requirements.txt app/requirements.txt app/requirements-dev.t
 	touch $@
 
 system-packages:
-	@scripts/ensure-system-packages
+	@scripts/bootstrap/ensure-system-packages
 
 setup: $(VENV)/.installed system-packages
 
@@ -51,7 +51,7 @@ test-unit: setup
 
 image: setup
 	@mkdir -p .cache
-	@scripts/build-testhost-image $(SUITE) > .cache/image
+	@scripts/bootstrap/build-testhost-image $(SUITE) > .cache/image
 	@echo "test-host image: $$(cat .cache/image)"
 
 test-molecule: image
@@ -59,12 +59,12 @@ test-molecule: image
 	  MOLECULE_IMAGE=$${MOLECULE_IMAGE:-$$(cat .cache/image)} $(BIN)/molecule test -s $$s; \
 	done
 
-# Everything CI runs (scripts/test-stages). The log is kept in .cache/test.log; whether a stage
+# Everything CI runs (.ci/test-stages). The log is kept in .cache/test.log; whether a stage
 # fails or not, the output ends with the stage timings and one line of pytest totals over all stages.
 test:
 	@mkdir -p .cache
-	@rc=0; SCENARIOS="$(SCENARIOS)" scripts/test-stages 2>&1 | tee .cache/test.log || rc=$$?; \
-	  scripts/test-totals .cache/test.log || rc=1; exit $$rc
+	@rc=0; SCENARIOS="$(SCENARIOS)" .ci/test-stages 2>&1 | tee .cache/test.log || rc=$$?; \
+	  .ci/test-totals .cache/test.log || rc=1; exit $$rc
 
 demo: image
 	MOLECULE_IMAGE=$${MOLECULE_IMAGE:-$$(cat .cache/image)} scripts/demo
@@ -74,7 +74,7 @@ demo-down: setup
 
 # Roll releases over the local fleet (inventory/local, the hosts `make demo` starts).
 release: setup
-	$(PY) scripts/cut-release $(FROM) $(VERSION)
+	$(PY) -m inference.release_tools cut $(FROM) $(VERSION)
 
 deploy: setup
 	$(BIN)/ansible-playbook playbooks/deploy.yml -e app_release_model_src=$(abspath $(MODEL))
@@ -89,7 +89,7 @@ serve-app: setup
 	  --processes $$(nproc) --http 127.0.0.1:$(PORT) --http-keepalive --module wsgi:app
 
 bench: setup
-	@scripts/ensure-system-packages nginx-light
+	@scripts/bootstrap/ensure-system-packages nginx-light
 	$(PY) bench/bench.py
 
 clean:

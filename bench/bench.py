@@ -1,4 +1,6 @@
-"""Throughput benchmark: prints a table per model. Not a test; numbers are ratios within one run.
+"""Throughput benchmark: prints a table per model and writes each into docs/benchmarks.md (its
+own block, headed by the commit, date, machine and command; bench/benchdoc.py). Not a test;
+numbers are ratios within one run. No other page copies them.
 
 Models: the demo digits CNN (32x32, tiny: HTTP dominates) and MobileNetV2 at 224x224 (a
 typical vision model: inference dominates). For each, in one run on this machine:
@@ -8,7 +10,7 @@ typical vision model: inference dominates). For each, in one run on this machine
             a throwaway self-signed P-256 certificate, TLS 1.3, keep-alive connections);
   funfleet batching  the same with adaptive micro-batching (16 uWSGI threads a worker, batches of
             up to 16, 2 ms wait);
-  funfleet LiteRT  the same host serving the release converted by scripts/convert-release
+  funfleet LiteRT  the same host serving the release converted by `python -m inference.release_tools convert`
             (LiteRT with XNNPACK, parity-gated against Keras; no TensorFlow in the workers);
   hand-tuned  an expert's hand-made uWSGI setup for the one model (bench/peer_handtuned.py:
             master, lazy-apps, 2 workers, 1 TF thread each, compiled call, no metrics or logs)
@@ -45,6 +47,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import benchdoc
 import requests
 import urllib3
 
@@ -74,22 +77,25 @@ def digits_case() -> Case:
 
 
 def mobilenet_case(tmp: Path) -> Case:
-    """MobileNetV2 at 224x224 as a release folder. No model hub is reachable, so the weights are
-    Keras's seeded initialisation: the compute per image, which is all a throughput run
-    measures, is the same as the trained model's. The upload is a 224x224 JPEG."""
+    """MobileNetV2 at 224x224 as a release folder, cut as any release is (its 52 batch norms
+    folded at release time). No model hub is reachable, so the weights are Keras's seeded
+    initialisation: the compute per image, which is all a throughput run measures, is the same as
+    the trained model's; the gate checks the folded outputs, not top-1 labels, which random
+    weights leave near ties. The upload is a 224x224 JPEG."""
     import keras
     from PIL import Image
 
     from inference.release import InputSpec, write_release_metadata
+    from inference.release_tools import Gate, cut
 
-    root = tmp / "mobilenetv2" / "1"
-    root.mkdir(parents=True)
+    saved = tmp / "mobilenetv2-saved" / "1"
+    saved.mkdir(parents=True)
     keras.utils.set_random_seed(0)
     model = keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3), classes=1000)
-    model.save(root / "model.keras")
+    model.save(saved / "model.keras")
     spec = InputSpec(height=224, width=224, scale=1 / 127.5, offset=-1.0)
     write_release_metadata(
-        root,
+        saved,
         name="mobilenetv2",
         version="1",
         labels=[f"class_{i}" for i in range(1000)],
@@ -97,6 +103,7 @@ def mobilenet_case(tmp: Path) -> Case:
         top_k=5,
         extra={"description": "MobileNetV2 224x224, seeded random weights (benchmark only)"},
     )
+    root = cut(saved, "1", out=tmp / "mobilenetv2" / "1", gate=Gate(min_top1=0.0)).path
     buf = io.BytesIO()
     Image.open(DIGIT_SAMPLE).convert("RGB").resize((224, 224)).save(buf, "JPEG", quality=90)
     return Case("MobileNetV2 224x224", root, buf.getvalue(), "sample.jpg")
@@ -158,7 +165,7 @@ def litert_release(case: Case, tmp: Path) -> Path | None:
     samples.mkdir()
     (samples / case.filename).write_bytes(case.sample)
     out = tmp / f"litert-{case.model_dir.parent.name}" / "1"
-    cmd = [sys.executable, str(ROOT / "scripts" / "convert-release"), str(case.model_dir), "--out", str(out)]
+    cmd = [sys.executable, "-m", "inference.release_tools", "convert", str(case.model_dir), "--out", str(out)]
     result = subprocess.run(
         [*cmd, "--samples", str(samples), "--max-abs-diff", "1e-3"],
         capture_output=True,
@@ -507,7 +514,8 @@ def alone_rss(model_dir: Path) -> float:
     return int(out.split()[-1]) / 2**20
 
 
-def run_kinds(args: argparse.Namespace, tmp: Path) -> None:
+def run_kinds(args: argparse.Namespace, tmp: Path) -> str:
+    """Every demo model kind on one host; prints the table and returns it as Markdown."""
     import json
 
     models = tmp / "kinds-model"
@@ -537,21 +545,59 @@ def run_kinds(args: argparse.Namespace, tmp: Path) -> None:
         server.stop()
     frameworks = {m["name"]: m["runtime"].split()[0] for m in meta["models"]}
     tasks = {m["name"]: m["task"] for m in meta["models"]}
-    print(f"\n== every model kind on one host ({args.workers} workers, each holding all {len(KIND_MODELS)} models) ==")
+    title = f"every model kind on one host ({args.workers} workers, each holding all {len(KIND_MODELS)} models)"
+    print(f"\n== {title} ==")
     print(
         f"{'model':15} {'framework':13} {'task':15} {'c=1 req/s':>9} {'p50 ms':>7} {'c=16 req/s':>10} "
         f"{'p99 ms':>7} {'errors':>6} {'+MiB':>6} {'alone MiB':>9}"
     )
+    cells = []
     for name, (one, many) in rows:
         alone_dir = tmp / f"alone-{name}"
         shutil.copytree(models / name / "1", alone_dir)
+        alone = alone_rss(alone_dir)
+        errors = one["errors"] + many["errors"]
         print(
             f"{name:15} {frameworks[name]:13} {tasks[name]:15} {one['rps']:>9.0f} {one['p50']:>7.1f} "
-            f"{many['rps']:>10.0f} {many['p99']:>7.1f} {one['errors'] + many['errors']:>6} "
-            f"{added[name]:>6.1f} {alone_rss(alone_dir):>9.0f}"
+            f"{many['rps']:>10.0f} {many['p99']:>7.1f} {errors:>6} {added[name]:>6.1f} {alone:>9.0f}"
+        )
+        cells.append(
+            [
+                name,
+                frameworks[name],
+                tasks[name],
+                f"{one['rps']:,.0f}",
+                f"{one['p50']:.1f}",
+                f"{many['rps']:,.0f}",
+                f"{many['p99']:.1f}",
+                str(errors),
+                f"{added[name]:.1f}",
+                f"{alone:,.0f}",
+            ]
         )
     print(f"a worker holding all of them: {worker:.0f} MiB resident")
     sys.stdout.flush()
+    header = [
+        "model",
+        "framework",
+        "task",
+        "c=1 req/s",
+        "p50 ms",
+        "c=16 req/s",
+        "p99 ms",
+        "errors",
+        "+MiB",
+        "alone MiB",
+    ]
+    return "\n\n".join(
+        [
+            f"### {title[0].upper()}{title[1:]}",
+            "+MiB: what the model adds to a worker (the app's /metadata); alone MiB: the resident memory of a "
+            "worker serving that model alone.",
+            benchdoc.table(header, cells),
+            f"A worker holding all of them: {worker:,.0f} MiB resident.",
+        ]
+    )
 
 
 def main() -> int:
@@ -562,19 +608,32 @@ def main() -> int:
     parser.add_argument(
         "--models", default="digits,mobilenetv2,kinds", help="any of digits, mobilenetv2, kinds (comma-separated)"
     )
+    parser.add_argument(
+        "--docs",
+        type=Path,
+        default=benchdoc.DOC,
+        help="write each model's results into this page, in its own block (default docs/benchmarks.md); "
+        "an empty value writes nothing",
+    )
     args = parser.parse_args()
     for tool, pkg in (("wrk", "wrk"), ("nginx", "nginx-light")):
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
             sys.exit(f"{tool} is missing: apt-get install {pkg} (make bench does)")
     levels = [int(c) for c in args.concurrency.split(",")]
+    unknown = set(args.models.split(",")) - {"digits", "mobilenetv2", "kinds"}
+    if unknown:
+        sys.exit(f"unknown --models {', '.join(sorted(unknown))}: any of digits, mobilenetv2, kinds")
+    command = " ".join(["bench/bench.py", *sys.argv[1:]]) if sys.argv[1:] else "make bench (bench/bench.py)"
     tmp = Path(tempfile.mkdtemp(prefix="funfleet-bench-"))
     try:
-        chosen = args.models.split(",")
-        cases = [digits_case() if m == "digits" else mobilenet_case(tmp) for m in chosen if m != "kinds"]
-        for case in cases:
-            run_case(case, levels, args, tmp)
-        if "kinds" in chosen:
-            run_kinds(args, tmp)
+        for chosen in args.models.split(","):
+            if chosen == "kinds":
+                body = run_kinds(args, tmp)
+            else:
+                body = run_case(digits_case() if chosen == "digits" else mobilenet_case(tmp), levels, args, tmp)
+            # Each result set as soon as it is measured: a later failure keeps the earlier ones.
+            if str(args.docs) not in ("", "."):
+                benchdoc.write(chosen, "bench/bench.py (make bench)", command, body, args.docs)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
@@ -583,7 +642,8 @@ def main() -> int:
 WARMUP_SECONDS = 2
 
 
-def run_case(case: Case, levels: list[int], args: argparse.Namespace, tmp: Path) -> None:
+def run_case(case: Case, levels: list[int], args: argparse.Namespace, tmp: Path) -> str:
+    """Runs every server on the case; prints the table and returns it as Markdown."""
     raw = raw_throughput(case, 3.0)
     script = wrk_script(tmp, case)
     env = {
@@ -609,11 +669,12 @@ def run_case(case: Case, levels: list[int], args: argparse.Namespace, tmp: Path)
         finally:
             server.stop()
 
-    print(
-        f"\n== {case.name} ==\nraw compiled call, one process, one TF thread: batch 1 = {raw[1]:.0f} img/s, "
+    header = (
+        f"raw compiled call, one process, one TF thread: batch 1 = {raw[1]:.0f} img/s, "
         f"batch 32 = {raw[32]:.0f} img/s ({os.cpu_count()} cores; servers: {args.workers} workers; "
         "nginx and wrk share the cores)"
     )
+    print(f"\n== {case.name} ==\n{header}")
     print(
         f"{'server':24} {'conc':>4} {'img/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'served/raw':>10} "
         f"{'worker MiB':>10}"
@@ -629,19 +690,43 @@ def run_case(case: Case, levels: list[int], args: argparse.Namespace, tmp: Path)
     p50 = {(n, c): r["p50"] for n, c, r in rows}
     ours = [s.name for s in table if s.name.startswith("funfleet")]
     peers = [s.name for s in table if not s.name.startswith("funfleet")]
-    print(
+    summary = [
         f"cost of TLS at c={top}: HTTPS / HTTP = {rps['funfleet HTTPS', top] / rps[table[0].name, top]:.2f}x requests/s"
-    )
+    ]
     for name in ours:
         ratios = ", ".join(f"{rps[name, top] / rps[peer, top]:.2f}x {peer.split()[0]}" for peer in peers)
         best_p99 = min(p99[peer, top] for peer in peers)
         best_p50 = min(p50[peer, levels[0]] for peer in peers)
-        print(
+        summary.append(
             f"{name} at c={top}: {ratios}; p99 {p99[name, top]:.1f} ms (best peer {best_p99:.1f}); "
             f"c={levels[0]} p50 {p50[name, levels[0]]:.1f} ms (best peer {best_p50:.1f}); "
             f"worker {memory[name]:.0f} MiB (hand-tuned {memory.get('hand-tuned nginx>uWSGI', 0):.0f})"
         )
+    print("\n".join(summary))
     sys.stdout.flush()
+    cells = [
+        [
+            name,
+            str(c),
+            f"{r['rps']:,.1f}",
+            f"{r['p50']:.1f}",
+            f"{r['p99']:.1f}",
+            str(r["errors"]),
+            f"{r['rps'] / raw[1]:.2f}",
+            f"{memory[name]:,.0f}",
+        ]
+        for name, c, r in rows
+    ]
+    return "\n\n".join(
+        [
+            f"### {case.name}",
+            header[0].upper() + header[1:] + ".",
+            benchdoc.table(
+                ["server", "c", "images/s", "p50 ms", "p99 ms", "errors", "served/raw", "worker MiB"], cells
+            ),
+            "\n".join(f"- {line}" for line in summary),
+        ]
+    )
 
 
 if __name__ == "__main__":

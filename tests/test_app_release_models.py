@@ -3,17 +3,20 @@ override, refusals with reasons, and the memory estimate, on the real demo relea
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location(
-    "app_release_models", ROOT / "roles" / "app_release" / "filter_plugins" / "app_release_models.py"
-)
+_PLUGIN = ROOT / "roles" / "app_release" / "filter_plugins" / "app_release_models.py"
+_spec = importlib.util.spec_from_file_location("app_release_models", _PLUGIN)
 plugin = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(plugin)
 
@@ -127,3 +130,87 @@ def test_an_unknown_framework_or_a_missing_listed_file_is_refused(tmp_path):
         (base / "1" / "metadata.json").write_text(json.dumps({**meta, **change}))
         with pytest.raises(plugin.AnsibleFilterError, match=reason):
             plugin.app_release_resolve_models([{"name": "digits-onnx", "base_path": str(base)}])
+
+
+def test_a_release_without_its_frameworks_required_files_is_refused_before_shipping(tmp_path):
+    base = tmp_path / "digits-onnx"
+    shutil.copytree(ROOT / "files" / "models" / "digits-onnx" / "1", base / "1")
+    meta = json.loads((base / "1" / "metadata.json").read_text())
+    (base / "1" / "metadata.json").write_text(json.dumps({**meta, "files": {}}))
+    with pytest.raises(plugin.AnsibleFilterError, match=r"onnx releases must list reference\.npz"):
+        plugin.app_release_resolve_models([{"name": "digits-onnx", "base_path": str(base)}])
+
+
+def test_the_unknown_framework_refusal_names_it_and_what_is_served(tmp_path):
+    base = tmp_path / "iris"
+    shutil.copytree(ROOT / "files" / "models" / "iris" / "1", base / "1")
+    meta = json.loads((base / "1" / "metadata.json").read_text())
+    (base / "1" / "metadata.json").write_text(json.dumps({**meta, "framework": "caffe"}))
+    expected = r"model iris: .*/iris/1: unknown framework 'caffe': funfleet serves keras, litert, onnx, sklearn"
+    with pytest.raises(plugin.AnsibleFilterError, match=expected):
+        plugin.app_release_resolve_models([{"name": "iris", "base_path": str(base)}])
+
+
+def test_the_plugin_reads_the_apps_own_table():
+    """One table: the plugin holds no framework names, files or sizes of its own."""
+    from inference import frameworks
+
+    assert Path(plugin.FRAMEWORKS_FILE) == Path(frameworks.__file__).resolve()
+    assert {n: dataclasses.asdict(f) for n, f in plugin.frameworks.FRAMEWORKS.items()} == {
+        n: dataclasses.asdict(f) for n, f in frameworks.FRAMEWORKS.items()
+    }
+    assert plugin.frameworks.version_key("10") == frameworks.version_key("10")
+    source = (ROOT / "roles" / "app_release" / "filter_plugins" / "app_release_models.py").read_text()
+    for name in frameworks.FRAMEWORKS:
+        assert f'"{name}"' not in source, name
+    for row in frameworks.FRAMEWORKS.values():
+        assert row.model_file not in source, row.model_file
+
+
+def _plugin_at(root: Path) -> ModuleType:
+    path = root / "roles" / "app_release" / "filter_plugins" / "app_release_models.py"
+    spec = importlib.util.spec_from_file_location(f"plugin_copy_{abs(hash(str(root)))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_new_framework_is_one_row_for_the_controller(tmp_path):
+    """A checkout whose table has one more row: the controller resolves, ships and sizes a
+    release of it with no other change."""
+    checkout = tmp_path / "checkout"
+    for part in ("roles/app_release/filter_plugins/app_release_models.py", "app/inference/frameworks.py"):
+        (checkout / part).parent.mkdir(parents=True)
+        shutil.copyfile(ROOT / part, checkout / part)
+    table = checkout / "app" / "inference" / "frameworks.py"
+    table.write_text(
+        table.read_text()
+        + '\nFRAMEWORKS["toy"] = Framework("toy", model_file="model.toy", loader="load_toy", packages=(),'
+        + " runtime_mb=10, model_base_mb=1, model_file_factor=1)\n"
+    )
+    copy = _plugin_at(checkout)
+    base = tmp_path / "models" / "toy"
+    (base / "1").mkdir(parents=True)
+    (base / "1" / "model.toy").write_bytes(b"x" * 2**20)
+    meta = {"name": "toy", "version": "1", "framework": "toy", "sha256": "0" * 64, "input": {}}
+    (base / "1" / "metadata.json").write_text(json.dumps(meta))
+    resolved = copy.app_release_resolve_models([{"name": "toy", "base_path": str(base)}])
+    assert resolved[0]["versions"][0]["files"] == ["model.toy", "labels.json", "metadata.json"]
+    assert copy.app_release_model_memory_mb(resolved) == 48 + 10 + 1 + 1
+    with pytest.raises(plugin.AnsibleFilterError, match="unknown framework 'toy'"):
+        plugin.app_release_resolve_models([{"name": "toy", "base_path": str(base)}])  # this checkout's table
+
+
+def test_the_plugin_needs_neither_ansible_nor_the_apps_dependencies():
+    """Loaded as the controller may load it: no site-packages at all (no NumPy, TensorFlow, Flask)."""
+    code = (
+        "import importlib.util, json, sys\n"
+        f"spec = importlib.util.spec_from_file_location('p', {str(_PLUGIN)!r})\n"
+        "p = importlib.util.module_from_spec(spec); spec.loader.exec_module(p)\n"
+        f"models = {str(ROOT / 'files' / 'models')!r}\n"
+        "r = p.app_release_resolve_models([{'name': 'digits', 'base_path': 'digits'}], '', models)\n"
+        "assert not {'numpy', 'inference', 'tensorflow', 'flask'} & set(sys.modules)\n"
+        "print(json.dumps(p.app_release_model_memory_mb(r)))\n"
+    )
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == 594

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import ROOT
+from role_helpers import ROOT
 
 DASHBOARD = json.loads((ROOT / "files" / "grafana" / "funfleet.json").read_text())
 

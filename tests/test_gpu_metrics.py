@@ -7,7 +7,7 @@ import importlib.util
 import subprocess
 import sys
 
-from conftest import ROOT
+from role_helpers import ROOT
 
 SCRIPT = ROOT / "roles" / "exporters" / "files" / "funfleet-gpu-metrics"
 

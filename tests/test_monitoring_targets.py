@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import ansible_playbook
+from role_helpers import render as render_playbook
 
 
 def render(tmp: Path, apps: dict[str, str]) -> tuple[dict, dict]:
@@ -30,8 +30,7 @@ def render(tmp: Path, apps: dict[str, str]) -> tuple[dict, dict]:
     inventory.write_text(yaml.safe_dump(hosts))
     out = tmp / "out"
     out.mkdir()
-    result = ansible_playbook("-i", str(inventory), "tests/monitoring/render.yml", "-e", f"out={out}")
-    assert result.returncode == 0, result.stdout[-3000:]
+    render_playbook(inventory, "tests/monitoring/render.yml", out)
     config = yaml.safe_load((out / "prometheus.yml").read_text())
     rules = {path.stem: json.loads(path.read_text()) for path in out.glob("*.json")}
     return config, rules

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from conftest import HOSTS, ROOT
+from role_helpers import HOSTS, ROOT
 
 COMMON = {
     "flask": "3.1.3",
@@ -109,7 +109,7 @@ def test_unit_layout(plans, host):
 
 
 INVENTORY = yaml.safe_load((ROOT / "tests" / "resolve" / "inventory.yml").read_text())
-MEMORY = {host: spec["memory"] for host, spec in INVENTORY["all"]["hosts"].items()}
+MEMORY = {host: spec["memory"] for host, spec in INVENTORY["all"]["children"]["app"]["hosts"].items()}
 
 
 @pytest.mark.parametrize("host", HOSTS)
@@ -128,6 +128,6 @@ def test_out_of_memory_takes_a_worker_not_the_host(plans, host):
 
 @pytest.mark.parametrize("host", HOSTS)
 def test_the_memory_check_counts_the_workers_uwsgi_runs(plans, host):
-    """playbooks/vars/fleet.yml repeats the uwsgi role's default worker count for app_release's
-    memory check (which runs in plays without the uwsgi role): the two must agree on every host."""
+    """app_release's memory check (in plays without the uwsgi role) counts the workers uWSGI runs:
+    both take the fleet plan's one worker count."""
     assert plans[host]["app_release_workers"] == plans[host]["uwsgi"]["processes"]

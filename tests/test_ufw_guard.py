@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import ansible_playbook
+from role_helpers import ansible_playbook
 
 
 def guard(address: str, networks: list[str]) -> subprocess.CompletedProcess:

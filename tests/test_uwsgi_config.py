@@ -17,7 +17,7 @@ from types import ModuleType
 import pytest
 import yaml
 
-from conftest import HOSTS, ROOT
+from role_helpers import HOSTS, ROOT
 
 BASE = ROOT / "roles" / "uwsgi" / "files" / "base.ini"
 # What a host's ini may add to the base: where the app is, where it listens, its control sockets.
@@ -81,7 +81,12 @@ def argv_options(argv: list[str]) -> dict[str, str]:
 
 
 def load(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
+    """A module from its file, or a package from its folder, under its own name."""
+    if path.is_dir():
+        init = path / "__init__.py"
+        spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(path)])
+    else:
+        spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -103,7 +108,7 @@ def serve_app_argv() -> list[str]:
 
 
 LOCAL_RUNS = {
-    "app tests": lambda: load(ROOT / "app" / "tests" / "conftest.py", "app_conftest").uwsgi_command(
+    "app tests": lambda: load(ROOT / "app" / "tests" / "helpers", "app_test_helpers").uwsgi_command(
         "127.0.0.1:8000", Path("/tmp/log")
     ),
     "make bench": lambda: load(ROOT / "bench" / "bench.py", "funfleet_bench").uwsgi_command(2),

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import time
 from collections.abc import Mapping
 
-from flask import Flask, Response, g, request
-from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
+from flask import Flask, Response, request
 
-from . import fastpath, logs, metrics
-from .batching import IN_FLIGHT
+from . import bookkeeping, fastpath, logs, metrics
 from .config import Settings
 from .errors import register_error_handlers
 from .runtime import ModelRuntime
 
-__version__ = "0.1.0"
+# The package's version (app/pyproject.toml reads it from here): /metadata, KServe's server
+# metadata and the OpenAPI document report it. A literal, not importlib.metadata: app hosts run
+# the code from the release folder, where no distribution is installed.
+__version__ = "1.0.0"
 log = logging.getLogger(__name__)
 
 
@@ -37,12 +36,13 @@ def create_app(config: Mapping | None = None) -> Flask:
     app.extensions["funfleet.settings"] = settings
 
     register_error_handlers(app)
-    _register_request_hooks(app, settings)
+    _register_cors(app, settings)
     from .api import register_blueprints
 
     register_blueprints(app)
     if settings.fast_predict:
         fastpath.install(app, runtime, settings)
+    bookkeeping.install(app, settings)  # around everything, the fast path included
 
     if settings.model_load == "sync":
         try:
@@ -55,31 +55,13 @@ def create_app(config: Mapping | None = None) -> Flask:
     return app
 
 
-def _register_request_hooks(app: Flask, settings: Settings) -> None:
+def _register_cors(app: Flask, settings: Settings) -> None:
     origins = set(settings.cors_origins)
-
-    @app.before_request
-    def _start_timer() -> None:
-        g.started = time.perf_counter()
-        if settings.batching:
-            IN_FLIGHT.enter()
-            g.in_flight = True
-
-    @app.teardown_request
-    def _done(_exc: BaseException | None) -> None:
-        if g.pop("in_flight", False):
-            IN_FLIGHT.exit()
+    if not origins:
+        return
 
     @app.after_request
-    def _finish(response: Response) -> Response:
-        _read_to_the_end()
-        # The rule, not the path, keeps label cardinality bounded (unknown paths share one label).
-        endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        started = g.get("started")
-        seconds = None if started is None else time.perf_counter() - started
-        metrics.observe_request(endpoint, request.method, response.status_code, seconds)
-        if settings.access_log:
-            logs.access(request.method, request.path, endpoint, response.status_code, seconds, rid=logs.request_id())
+    def _allow_origin(response: Response) -> Response:
         origin = request.headers.get("Origin")
         if origin and ("*" in origins or origin in origins):
             response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin
@@ -88,17 +70,3 @@ def _register_request_hooks(app: Flask, settings: Settings) -> None:
             response.headers["Access-Control-Max-Age"] = "600"
             response.vary.add("Origin")
         return response
-
-
-def _read_to_the_end() -> None:
-    """Read the request body to its end before answering, also when the answer came first (an
-    unknown model, a wrong method, a request refused from its header): uWSGI closes the socket
-    after the response, and nginx, still writing the unread body into it, answered 502 for a
-    request that had its 4xx, a 502 that a balancer counts against the host. At most the body
-    limit (max_content_length, the same as nginx's), and nothing when the view read it all."""
-    # A client gone, or one that sent more than the limit: then nothing is left to protect. (Werkzeug
-    # raises RequestEntityTooLarge from ``request.stream`` itself for a body declared over the limit.)
-    with contextlib.suppress(ClientDisconnected, RequestEntityTooLarge, OSError):
-        stream = request.stream  # Werkzeug's LimitedStream, or the fast path's copy of the body
-        while stream.read(1 << 16):
-            pass

@@ -1,8 +1,10 @@
-"""One loader per framework a release may be saved with. Each turns a verified release into a
-batched call, ``numpy batch -> one numpy array per output``, and the model's own signature.
+"""One loader per framework a release may be saved with (frameworks.py's table names each one).
+Each turns a verified release into a batched call, ``numpy batch -> one numpy array per output``,
+and the model's own signature; each takes the release and a :class:`LoadContext`.
 
-- ``keras``: TensorFlow's concrete function of the model's one signature, its batch norms folded
-  into the layers before them when that keeps its outputs (folding.py), warmed up;
+- ``keras``: TensorFlow's concrete function of the model's one signature, warmed up. The model is
+  served as its file holds it: batch norms are folded at release time (release_tools.py), behind
+  a parity gate, never in a worker;
 - ``sklearn``: an estimator (or pipeline) saved with joblib: ``predict_proba`` for classifiers,
   ``predict`` otherwise. Loading a pickle runs code: the release's sha256, checked before this
   runs, is the trust anchor;
@@ -17,7 +19,6 @@ Frameworks are imported only when a release needs them, so a worker pays for wha
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .folding import Folding, plan_folding
+from .frameworks import REFERENCE_FILE, framework
 from .release import Release, ReleaseError
 
 Call = Callable[[np.ndarray], list[np.ndarray]]
@@ -91,6 +92,25 @@ class Loaded:
     runtime: str  # the framework and its version, e.g. "onnxruntime 1.32.0"
 
 
+@dataclass(frozen=True)
+class LoadContext:
+    """What every loader may use: threads for the frameworks' own pools, the batch sizes to warm
+    up, and TensorFlow and Keras when the worker imported them (a framework that needs them)."""
+
+    threads: int = 1
+    warmup_sizes: tuple[int, ...] = (1,)
+    tf: ModuleType | None = None
+    keras: ModuleType | None = None
+
+
+Loader = Callable[[Release, LoadContext], Loaded]
+
+
+def loader_for(name: str) -> Loader:
+    """The loader frameworks.py's table names for a framework; an unknown one is refused by name."""
+    return globals()[framework(name).loader]
+
+
 def check_input(release: Release, signature: Signature) -> None:
     """The model takes one input, of the shape its metadata promises."""
     if len(signature.inputs) != 1:
@@ -109,9 +129,12 @@ def _shape(dims: Any) -> tuple[int, ...]:
 # ---- Keras ---------------------------------------------------------------------------------
 
 
-def load_keras(
-    release: Release, tf: ModuleType, keras: ModuleType, warmup_sizes: tuple[int, ...], fold: bool = True
-) -> Loaded:
+def load_keras(release: Release, context: LoadContext) -> Loaded:
+    """The model as saved: transformations (batch norms folded) were made at release time and are
+    in the file the release's sha256 names, so a worker never rebuilds the model at start."""
+    tf, keras = context.tf, context.keras
+    if tf is None or keras is None:
+        raise ReleaseError("a keras release needs TensorFlow and Keras imported in the worker")
     model = keras.saving.load_model(release.model_file, compile=False)
     signature = keras_signature(model)
     check_input(release, signature)
@@ -124,22 +147,13 @@ def load_keras(
         return tf.function(lambda x: tuple(tf.nest.flatten(served(x, training=False)))).get_concrete_function(spec)
 
     fn = concrete(model)
+    del model  # from here only the concrete function holds the weights
     runtime = f"keras {keras.__version__}"
-    folding = _folding(release, model) if fold and signature.inputs[0].dtype in _FLOATS else None
-    del model  # from here only a concrete function (and the folding's arrays) hold the weights
-    if folding is not None:
-        probe = _probe(release, signature.inputs[0].dtype)
-        want = [t.numpy() for t in fn(probe)]
-        del fn
-        gc.collect()  # the unfolded function (and its model) go before the folded one is built
-        fn, folded = _fold(release, probe, want, folding, concrete)
-        del folding
-        if folded:
-            runtime = f"{runtime} ({folded} batch norms folded)"
-        else:
-            fn = concrete(keras.saving.load_model(release.model_file, compile=False))
+    folded = int((release.extra.get("folding") or {}).get("batch_norms") or 0)
+    if folded:
+        runtime = f"{runtime} ({folded} batch norms folded)"
     started = time.monotonic()
-    for size in warmup_sizes:
+    for size in context.warmup_sizes:
         shape = [size, *release.input.shape]
         [t.numpy() for t in fn(tf.fill(shape, "") if dtype == tf.string else tf.zeros(shape, dtype))]
     warmup = time.monotonic() - started
@@ -148,52 +162,6 @@ def load_keras(
         return [t.numpy() for t in fn(tf.constant(batch, dtype=dtype))]
 
     return Loaded(call, signature, warmup, runtime)
-
-
-_FLOATS = ("float32", "float64", "float16")
-# Folding reorders float32 arithmetic, nothing more: outputs may move by rounding (MobileNetV2's
-# probabilities by under 1e-7), never by this much relative to the largest output.
-FOLD_TOLERANCE = 1e-4
-
-
-def _folding(release: Release, model: Any) -> Folding | None:
-    try:
-        return plan_folding(model)
-    except Exception as exc:  # a model Keras cannot rebuild from its config is served as it is
-        _log.warning("%s:%s: batch norms not folded: %s: %s", release.name, release.version, type(exc).__name__, exc)
-        return None
-
-
-def _probe(release: Release, dtype: str) -> np.ndarray:
-    """One seeded instance: pixels spread over what the release maps 0..255 to, or features."""
-    rng = np.random.default_rng(0)
-    spec = release.input
-    if spec.kind == "image":
-        return (rng.uniform(0, 255, (1, *spec.shape)) * spec.scale + spec.offset).astype(dtype)
-    return rng.standard_normal((1, *spec.shape)).astype(dtype)
-
-
-def _fold(
-    release: Release, probe: np.ndarray, want: list[np.ndarray], folding: Folding, concrete: Callable
-) -> tuple[Any, int]:
-    """The folded model's concrete function and how many batch norms it folded, when its outputs
-    on ``probe`` match the unfolded model's (``want``) to within ``FOLD_TOLERANCE``; else ``(None,
-    0)``, logged with the difference, and the caller reloads the model as saved."""
-    candidate = concrete(folding.build())
-    got = [t.numpy() for t in candidate(probe)]
-    for a, b in zip(want, got, strict=True):
-        diff = float(np.max(np.abs(a.astype(np.float64) - b))) if a.shape == b.shape else float("inf")
-        if not diff <= FOLD_TOLERANCE * max(1.0, float(np.max(np.abs(a)))):
-            _log.warning(
-                "%s:%s: folding %d batch norms moved an output by %.3g: served as saved",
-                release.name,
-                release.version,
-                folding.count,
-                diff,
-            )
-            return None, 0
-    _log.info("%s:%s: %d batch norms folded into their layers", release.name, release.version, folding.count)
-    return candidate, folding.count
 
 
 def keras_signature(model: Any) -> Signature:
@@ -214,7 +182,7 @@ def keras_signature(model: Any) -> Signature:
 # ---- scikit-learn --------------------------------------------------------------------------
 
 
-def load_sklearn(release: Release) -> Loaded:
+def load_sklearn(release: Release, context: LoadContext) -> Loaded:
     import joblib
     import sklearn
 
@@ -251,14 +219,12 @@ def load_sklearn(release: Release) -> Loaded:
 
 # ---- ONNX Runtime --------------------------------------------------------------------------
 
-REFERENCE_FILE = "reference.npz"
 
-
-def load_onnx(release: Release, threads: int) -> Loaded:
+def load_onnx(release: Release, context: LoadContext) -> Loaded:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, threads)
+    options.intra_op_num_threads = max(1, context.threads)
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
@@ -284,13 +250,13 @@ def load_onnx(release: Release, threads: int) -> Loaded:
     return Loaded(call, signature, warmup, f"onnxruntime {ort.__version__}")
 
 
-def load_litert(release: Release, threads: int) -> Loaded:
+def load_litert(release: Release, context: LoadContext) -> Loaded:
     import threading
 
     from ai_edge_litert import interpreter as litert
 
     try:
-        interp = litert.Interpreter(model_path=str(release.model_file), num_threads=max(1, threads))
+        interp = litert.Interpreter(model_path=str(release.model_file), num_threads=max(1, context.threads))
         runner = interp.get_signature_runner()
     except Exception as exc:  # LiteRT raises ValueError/RuntimeError for a bad flatbuffer
         raise ReleaseError(f"LiteRT cannot load {release.model_file.name}: {exc}") from exc

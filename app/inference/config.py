@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "files" / "models" / "digits" / "1"
+
+# Former names, still read (from FUNFLEET_<NAME> and from the factory's mapping) so that hosts
+# whose app.env a release older than the uwsgi role's rename wrote keep their values; the current
+# name wins when both are set.
+RENAMED = {"tf_intra_op_threads": "intra_op_threads", "max_batch": "max_request_instances"}
 
 
 @dataclass(frozen=True)
@@ -22,14 +27,15 @@ class Settings:
     # the images of one request (a batch of b64 instances). Checked from each image's header.
     max_image_pixels: int = 4096 * 4096
     max_request_pixels: int = 2 * 4096 * 4096
-    max_batch: int = 128
+    # Instances one request may hold (TF Serving's and KServe's batches, 400 batch_too_large
+    # beyond). Not the micro-batcher's batch_max_size, the rows of one model call.
+    max_request_instances: int = 128
     cors_origins: tuple[str, ...] = ()
-    # 0 keeps TensorFlow's default (all cores); 1 per worker is fastest with one worker per core.
-    tf_intra_op_threads: int = 1
+    # Threads one model call may use, whatever runs it: TensorFlow's intra-op pool, ONNX
+    # Runtime's intra_op_num_threads, LiteRT's num_threads. 0 keeps TensorFlow's default (all
+    # cores; ONNX Runtime and LiteRT take 1); 1 per worker is fastest with one worker per core.
+    intra_op_threads: int = 1
     tf_inter_op_threads: int = 1
-    # Fold each batch norm into the convolution before it when a Keras model loads (folding.py),
-    # checked against the unfolded model's outputs; 0 serves the model exactly as saved.
-    tf_fold_batch_norms: bool = True
     # "auto" uses a GPU when TensorFlow sees one; "cpu" hides GPUs; "gpu" (GPU hosts) requires
     # one: a worker that TensorFlow puts on the CPU is not ready, and /readyz says why.
     device: str = "auto"
@@ -57,21 +63,24 @@ class Settings:
     access_log: bool = True
     # While this file exists the host is drained (its nginx's doing); /metrics reports it.
     drain_file: str = ""
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, overrides: Mapping | None = None, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
+        names = {f.name for f in fields(cls)}
         values: dict = {}
-        for f in fields(cls):
-            if f.name == "extra":
-                continue
-            raw = env.get(f"FUNFLEET_{f.name.upper()}")
+        for old, name in RENAMED.items():
+            raw = env.get(f"FUNFLEET_{old.upper()}")
             if raw is not None:
-                values[f.name] = _parse(f.name, raw)
-        for key, value in (overrides or {}).items():
-            name = key.lower()
-            if name not in {f.name for f in fields(cls)}:
+                values[name] = _parse(name, raw)
+        for name in names:
+            raw = env.get(f"FUNFLEET_{name.upper()}")
+            if raw is not None:
+                values[name] = _parse(name, raw)
+        given = {key.lower(): value for key, value in (overrides or {}).items()}
+        for key, value in sorted(given.items(), key=lambda item: item[0] not in RENAMED):
+            name = RENAMED.get(key, key)
+            if name not in names:
                 raise ValueError(f"unknown setting {key!r}")
             values[name] = _parse(name, value) if isinstance(value, str) else value
         settings = cls(**values)
@@ -89,14 +98,14 @@ def _parse(name: str, raw: str):
         return tuple(part.strip() for part in raw.split(",") if part.strip())
     if name in ("warmup_batch_sizes", "batch_sizes"):
         return tuple(int(part) for part in raw.split(",") if part.strip())
-    if name in ("gpu_memory_growth", "access_log", "batching", "tf_fold_batch_norms", "fast_predict"):
+    if name in ("gpu_memory_growth", "access_log", "batching", "fast_predict"):
         return raw.strip().lower() in ("1", "true", "yes", "on")
     if name in (
         "max_content_length",
         "max_image_pixels",
         "max_request_pixels",
-        "max_batch",
-        "tf_intra_op_threads",
+        "max_request_instances",
+        "intra_op_threads",
         "tf_inter_op_threads",
         "gpu_count",
         "batch_max_size",

@@ -8,8 +8,9 @@ response object took the difference. This WSGI middleware sits in front of the F
 (multipart ``image`` or a raw image body), no ``Origin`` header (CORS stays Flask's), and at
 most ``model``, ``version`` and ``top_k`` as plain query values. It calls what the Flask view
 calls (``split_form_data``, ``decode_image``, ``infer``, ``ranked``, and the view's own field,
-upload and ``top_k`` rules), writes the bytes ``jsonify`` writes, and records the same metrics
-and access line.
+upload and ``top_k`` rules) and writes the bytes ``jsonify`` writes: decode, model, answer. Its
+timing, metrics, access line, request id and in-flight count are the bookkeeping's
+(bookkeeping.py), the layer around both paths; it only names the route it served.
 
 Everything else goes to Flask unchanged, and so does any request that fails before its model
 runs (unknown model, bad ``top_k``, an image that does not decode, a model not ready): the body
@@ -21,17 +22,15 @@ from __future__ import annotations
 
 import io
 import re
-import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
-from flask import Flask, g
+from flask import Flask
 
-from . import logs, metrics
 from .api import infer
 from .api.predict import is_raw_image, ranked, top_k_value
-from .batching import IN_FLIGHT
+from .bookkeeping import SCOPE
 from .config import Settings
 from .errors import ApiError
 from .multipart import files, form_fields, split_form_data
@@ -68,31 +67,17 @@ class FastPredict:
             or self.app.json.compact is False  # type: ignore[attr-defined]
         ):
             return self.wsgi_app(environ, start_response)
-        started = time.perf_counter()
-        batching = self.settings.batching
-        if batching:
-            IN_FLIGHT.enter()
         try:
-            try:
-                model, batch, top_k = self._prepare(environ)
-            except Unserved:
-                if batching:
-                    IN_FLIGHT.exit()
-                    batching = False
-                return self.wsgi_app(environ, start_response)
-            try:
-                doc = ranked(model, infer(model, batch)[0][0], top_k)
-            except Exception as exc:  # answered by Flask's error handlers
-                return self._flask_error(environ, start_response, exc, started)
-        finally:
-            if batching:
-                IN_FLIGHT.exit()
+            model, batch, top_k = self._prepare(environ)
+        except Unserved:
+            return self.wsgi_app(environ, start_response)
+        environ[SCOPE].endpoint = PATH
+        try:
+            doc = ranked(model, infer(model, batch)[0][0], top_k)
+        except Exception as exc:  # answered by Flask's error handlers
+            return self._flask_error(environ, start_response, exc)
         body = (self.app.json.dumps(doc, separators=(",", ":")) + "\n").encode()
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-        seconds = time.perf_counter() - started
-        metrics.observe_request(PATH, "POST", 200, seconds)
-        if self.settings.access_log:
-            logs.access("POST", PATH, PATH, 200, seconds, rid=environ.get("HTTP_X_REQUEST_ID") or None)
         return [body]
 
     def _prepare(self, environ: WSGIEnvironment) -> tuple[ServedModel, np.ndarray, int]:
@@ -149,14 +134,11 @@ class FastPredict:
         version = next(iter(form_fields(parts, "version")), None) if version is None else version
         return name, version, uploads[0]
 
-    def _flask_error(
-        self, environ: WSGIEnvironment, start_response: StartResponse, exc: Exception, started: float
-    ) -> Iterable[bytes]:
-        """The error's answer as the Flask view's would be: its handler, the after-request hooks
-        (metrics, access line), the teardown."""
+    def _flask_error(self, environ: WSGIEnvironment, start_response: StartResponse, exc: Exception) -> Iterable[bytes]:
+        """The error's answer as the Flask view's would be: its handler, the after-request hooks,
+        the teardown."""
         environ["wsgi.input"].seek(0)
         with self.app.request_context(environ):
-            g.started = started
             response = self.app.finalize_request(self.app.handle_user_exception(exc))
         return response(environ, start_response)
 
@@ -176,5 +158,6 @@ def _query_args(query: str) -> dict[str, str]:
 
 
 def install(app: Flask, runtime: ModelRuntime, settings: Settings) -> None:
-    """Put the fast path in front of the app's WSGI callable."""
+    """Put the fast path in front of the app's WSGI callable (inside the bookkeeping, which
+    create_app puts around it: the fast path times, counts and logs nothing itself)."""
     app.wsgi_app = FastPredict(app, app.wsgi_app, runtime, settings)  # type: ignore[method-assign]

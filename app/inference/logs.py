@@ -7,19 +7,17 @@ import json
 import logging
 import sys
 import time
-
-from flask import has_request_context, request
+from contextvars import ContextVar
 
 ACCESS = logging.getLogger("funfleet.access")
-# Set by the edge nginx (generated, or the client's own when valid) and passed on by every hop.
-REQUEST_ID_HEADER = "X-Request-Id"
+# The id of the request this thread is serving, set by the bookkeeping (bookkeeping.py) for
+# every request, Flask's and the fast path's alike.
+REQUEST_ID: ContextVar[str | None] = ContextVar("funfleet_request_id", default=None)
 
 
 def request_id() -> str | None:
     """The current request's id, or None outside a request (or when no proxy set one)."""
-    if not has_request_context():
-        return None
-    return request.headers.get(REQUEST_ID_HEADER) or None
+    return REQUEST_ID.get()
 
 
 class JsonFormatter(logging.Formatter):

@@ -21,6 +21,7 @@ import json
 import os
 import re
 import socket
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,7 +36,6 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -113,17 +113,54 @@ def _alive(pid: int) -> bool:
     return True
 
 
+# prometheus_client's multiprocess files, read and written here (its reader and writer are
+# private): a native int, the bytes used; 4 bytes of padding; then one entry a series: a native
+# int, the key's length; the key (UTF-8 JSON) padded with spaces to 8-byte alignment (4 to 8
+# spaces counting the length); two doubles, the value and a timestamp.
+_INT = struct.Struct("i")
+_TWO_DOUBLES = struct.Struct("dd")
+_HEADER = 8
+
+
+def read_entries(path: str | os.PathLike) -> dict[str, tuple[float, float]]:
+    """Each series' key and its value and timestamp, in file order."""
+    data = Path(path).read_bytes()
+    used = _INT.unpack_from(data, 0)[0] if len(data) >= _HEADER else 0
+    if not _HEADER <= used <= len(data):
+        return {}  # never written (a worker that died before its first value)
+    entries: dict[str, tuple[float, float]] = {}
+    pos = _HEADER
+    while pos < used:
+        length = _INT.unpack_from(data, pos)[0]
+        end = pos + 4 + length + (8 - (length + 4) % 8) + _TWO_DOUBLES.size
+        if length < 0 or end > used:
+            raise ValueError(f"{path}: an entry runs past the {used} bytes used at offset {pos}")
+        key = data[pos + 4 : pos + 4 + length].decode()
+        entries[key] = _TWO_DOUBLES.unpack_from(data, end - _TWO_DOUBLES.size)
+        pos = end
+    return entries
+
+
+def write_entries(path: str | os.PathLike, entries: dict[str, tuple[float, float]]) -> None:
+    """The file prometheus_client reads for these series, replaced whole (never read half written)."""
+    chunks = []
+    for key, (value, timestamp) in entries.items():
+        encoded = key.encode()
+        padded = encoded + b" " * (8 - (len(encoded) + 4) % 8)
+        chunks.append(_INT.pack(len(encoded)) + padded + _TWO_DOUBLES.pack(value, timestamp))
+    body = b"".join(chunks)
+    temporary = Path(f"{os.fspath(path)}.tmp")  # not *.db: no reader globs it
+    temporary.write_bytes(_INT.pack(_HEADER + len(body)) + bytes(4) + body)
+    os.replace(temporary, path)
+
+
 def _fold(path: Path, archive: Path, zero: bool) -> None:
     """Add one worker's values into the archive file of its type (gauges: as 0), then remove it."""
-    source = MmapedDict(str(path))
-    target = MmapedDict(str(archive))
-    try:
-        for key, value, timestamp in list(source.read_all_values()):
-            current, _ = target.read_value(key)
-            target.write_value(key, 0.0 if zero else current + value, timestamp)
-    finally:
-        source.close()
-        target.close()
+    totals = read_entries(archive) if archive.exists() else {}
+    for key, (value, timestamp) in read_entries(path).items():
+        current = totals.get(key, (0.0, 0.0))[0]
+        totals[key] = (0.0 if zero else current + value, timestamp)
+    write_entries(archive, totals)
     path.unlink()
 
 

@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .frameworks import version_key
 from .release import METADATA_FILE, ReleaseError
 
 MANIFEST = "models.json"
@@ -27,11 +28,6 @@ class Declared:
     name: str
     version: str
     path: Path
-
-
-def version_key(version: str) -> tuple[int, int | str]:
-    """Numeric versions compare as numbers (TF Serving's are integers); others after them, by text."""
-    return (0, int(version)) if version.isdigit() else (1, version)
 
 
 def discover(model_dir: str | Path) -> list[Declared]:

@@ -119,11 +119,11 @@ def text_value(value: object, spec: TextSpec, where: str) -> str:
     return value
 
 
-def text_batch(values: list, spec: TextSpec, max_batch: int) -> np.ndarray:
+def text_batch(values: list, spec: TextSpec, max_instances: int) -> np.ndarray:
     if not values:
         raise InputError("invalid_request", "expected at least one text")
-    if len(values) > max_batch:
-        raise InputError("batch_too_large", f"at most {max_batch} instances per request, got {len(values)}")
+    if len(values) > max_instances:
+        raise InputError("batch_too_large", f"at most {max_instances} instances per request, got {len(values)}")
     texts = [text_value(v, spec, f"instance {i}") for i, v in enumerate(values)]
     return np.array(texts, dtype=object)
 
@@ -180,7 +180,7 @@ def feature_row(value: object, spec: TensorSpec) -> np.ndarray:
     return _numeric(value, spec, "instance")
 
 
-def tensor_batch(instances: object, spec: Spec, budget: PixelBudget, max_batch: int) -> np.ndarray:
+def tensor_batch(instances: object, spec: Spec, budget: PixelBudget, max_instances: int) -> np.ndarray:
     """Build a batch from TF Serving ``instances``: nested lists, ``{"b64": ...}`` (image models),
     named features (tensor models that name them) or ``{input: ...}``. Every image of the batch
     draws on the one ``budget``."""
@@ -189,9 +189,9 @@ def tensor_batch(instances: object, spec: Spec, budget: PixelBudget, max_batch: 
     if spec.kind == "text":
         # {"<input name>": "text"} is the same as "text": the model has one input.
         values = [next(iter(i.values())) if isinstance(i, dict) and len(i) == 1 else i for i in instances]
-        return text_batch(values, spec, max_batch)
-    if len(instances) > max_batch:
-        raise InputError("batch_too_large", f"at most {max_batch} instances per request, got {len(instances)}")
+        return text_batch(values, spec, max_instances)
+    if len(instances) > max_instances:
+        raise InputError("batch_too_large", f"at most {max_instances} instances per request, got {len(instances)}")
     rows = []
     for i, item in enumerate(instances):
         if spec.kind == "tensor" and isinstance(item, dict) and spec.features and len(item) > 1:
@@ -208,7 +208,7 @@ def tensor_batch(instances: object, spec: Spec, budget: PixelBudget, max_batch: 
     return np.stack(rows)
 
 
-def columnar_batch(inputs: object, spec: Spec, budget: PixelBudget, max_batch: int) -> np.ndarray:
+def columnar_batch(inputs: object, spec: Spec, budget: PixelBudget, max_instances: int) -> np.ndarray:
     """TF Serving's columnar ``inputs``: a tensor, or ``{input: tensor}``; for tensor models that
     name their features, also ``{feature: [values...], ...}``; for text models a string or a
     list of strings."""
@@ -219,7 +219,7 @@ def columnar_batch(inputs: object, spec: Spec, budget: PixelBudget, max_batch: i
             inputs = [inputs]
         if not isinstance(inputs, list):
             raise InputError("invalid_inputs", "inputs: expected a string or a list of strings")
-        return text_batch(inputs, spec, max_batch)
+        return text_batch(inputs, spec, max_instances)
     if spec.kind == "tensor" and isinstance(inputs, dict) and spec.features and len(inputs) > 1:
         if set(inputs) != set(spec.features):
             raise InputError("invalid_features", f"expected the features {list(spec.features)}")
@@ -234,15 +234,15 @@ def columnar_batch(inputs: object, spec: Spec, budget: PixelBudget, max_batch: i
     if spec.kind == "image" and isinstance(inputs, dict) and set(inputs) == {"b64"}:
         return decode_b64_image(inputs["b64"], spec, budget)[None]
     if isinstance(inputs, list) and inputs and all(isinstance(x, dict) for x in inputs):
-        return tensor_batch(inputs, spec, budget, max_batch)
+        return tensor_batch(inputs, spec, budget, max_instances)
     arr = _as_float_array(inputs, "inputs")
     if arr.shape == spec.shape:
         arr = arr[None]
     if arr.ndim != len(spec.shape) + 1 or arr.shape[1:] != spec.shape:
         expected = ", ".join(map(str, spec.shape))
         raise InputError("invalid_shape", f"inputs: expected shape [N, {expected}], got {list(arr.shape)}")
-    if arr.shape[0] > max_batch:
-        raise InputError("batch_too_large", f"at most {max_batch} instances per request, got {arr.shape[0]}")
+    if arr.shape[0] > max_instances:
+        raise InputError("batch_too_large", f"at most {max_instances} instances per request, got {arr.shape[0]}")
     return arr
 
 

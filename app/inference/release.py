@@ -1,11 +1,14 @@
 """A model release on disk: the model file, ``labels.json`` and ``metadata.json``.
 
-The metadata records which framework saved the model (``framework``: ``keras``, the default, in
-``model.keras``; ``sklearn``, an estimator saved with joblib in ``model.joblib``; ``onnx``, e.g. a
-PyTorch export, in ``model.onnx``; ``litert``, a Keras model converted for CPU hosts by
-``scripts/convert-release``, in ``model.tflite``), what the model takes and how inputs must be prepared, and the
-sha256 of the model file and of any other file it lists (``files``), checked before the model is
-ever deserialised. Three kinds of input:
+The metadata records which framework saved the model (``framework``, one of frameworks.py's
+table, which names its model file: ``keras``, the default, in ``model.keras``; ``sklearn``, an
+estimator saved with joblib in ``model.joblib``; ``onnx``, e.g. a PyTorch export, in
+``model.onnx``; ``litert``, a Keras model converted for CPU hosts at release time, in
+``model.tflite``), what the model takes and how inputs must be prepared, and the sha256 of the
+model file and of any other file it lists (``files``), checked before the model is ever
+deserialised. Transformations made at release time (``folding``: batch norms folded, see
+release_tools.py) are recorded too; the model file the sha256 names is the transformed one, served
+as it is. Three kinds of input:
 
 - ``image`` (the default): an encoded image, decoded to ``height x width x channels`` (or
   ``channels x height x width`` with ``"layout": "NCHW"``, as PyTorch models take it) and scaled;
@@ -23,9 +26,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-MODEL_FILE = "model.keras"
-# framework -> the model file it saves
-FRAMEWORKS = {"keras": MODEL_FILE, "sklearn": "model.joblib", "onnx": "model.onnx", "litert": "model.tflite"}
+from .frameworks import DEFAULT, FRAMEWORKS, check_files
+from .frameworks import framework as framework_named
+
+MODEL_FILE = FRAMEWORKS[DEFAULT].model_file
 LABELS_FILE = "labels.json"
 RELEASE_FILE = "release.json"
 METADATA_FILE = "metadata.json"
@@ -153,14 +157,14 @@ class Release:
     input: Spec
     sha256: str
     top_k: int = 3
-    framework: str = "keras"
+    framework: str = DEFAULT
     # other files of the release (name -> sha256), checked like the model file
     files: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     @property
     def model_file(self) -> Path:
-        return self.path / FRAMEWORKS[self.framework]
+        return self.path / framework_named(self.framework).model_file
 
     @property
     def task(self) -> str:
@@ -208,16 +212,18 @@ def read_release(path: str | Path, verify: bool = True) -> Release:
             input=spec,
             sha256=str(meta["sha256"]),
             top_k=int(meta.get("top_k", 3)),
-            framework=str(meta.get("framework", "keras")),
+            framework=str(meta.get("framework", DEFAULT)),
             files={str(k): str(v) for k, v in dict(meta.get("files") or {}).items()},
             extra={k: v for k, v in meta.items() if k not in known},
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ReleaseError(f"malformed metadata in {root}: {exc}") from exc
-    if release.framework not in FRAMEWORKS:
-        raise ReleaseError(f"unknown framework {release.framework!r} in {root}: one of {sorted(FRAMEWORKS)}")
     if any("/" in name or name.startswith(".") for name in release.files):
         raise ReleaseError(f"files in {root} must be plain names in the release folder")
+    try:
+        check_files(release.framework, release.files)
+    except ValueError as exc:  # UnknownFramework among them: refused by name
+        raise ReleaseError(f"{root}: {exc}") from exc
     if verify:
         checked = [(release.model_file, release.sha256)]
         checked += [(root / name, digest) for name, digest in sorted(release.files.items())]
@@ -251,7 +257,7 @@ def write_release_metadata(
     spec: Spec,
     top_k: int,
     extra: dict,
-    framework: str = "keras",
+    framework: str = DEFAULT,
     files: tuple[str, ...] = (),
 ) -> Release:
     """Write labels and metadata beside an existing model file (and the ``files`` beside it);
@@ -263,7 +269,7 @@ def write_release_metadata(
         "framework": framework,
         "input": spec_fields(spec),
         "top_k": top_k,
-        "sha256": file_sha256(root / FRAMEWORKS[framework]),
+        "sha256": file_sha256(root / framework_named(framework).model_file),
         **({"files": {f: file_sha256(root / f) for f in files}} if files else {}),
         **extra,
     }

@@ -21,11 +21,12 @@ from types import ModuleType
 import numpy as np
 
 from . import metrics
-from .backends import DTYPES, Call, Signature, TensorInfo, load_keras, load_litert, load_onnx, load_sklearn
+from .backends import DTYPES, Call, LoadContext, Signature, TensorInfo, loader_for
 from .batching import IN_FLIGHT, Batcher, padded_sizes
 from .config import Settings
+from .frameworks import framework, version_key
 from .metrics import resident_bytes
-from .models import Declared, discover, version_key
+from .models import Declared, discover
 from .release import Release, ReleaseError, read_release, read_release_id
 
 __all__ = ["DTYPES", "ModelNotFound", "ModelRuntime", "ServedModel", "Signature", "TensorInfo", "resident_bytes"]
@@ -141,9 +142,9 @@ class ModelRuntime:
                 for current in self.declared:
                     releases.append(_read_declared(current))
                 current = None
-                # TensorFlow (~0.5 GB a worker) only where a Keras model is served.
+                # TensorFlow (~0.5 GB a worker) only where a framework that needs it is served.
                 tf = keras = None
-                if any(r.framework == "keras" for r in releases):
+                if any(framework(r.framework).needs_tensorflow for r in releases):
                     tf, keras = _import_tensorflow(self.settings)
                     require_gpu(tf, self.settings)
                 for index, release in enumerate(releases):
@@ -207,15 +208,10 @@ def _load_one(
 ) -> tuple[ServedModel, float]:
     before = resident_bytes()
     sizes = batch_sizes(settings)
-    if release.framework == "keras":
-        # Warm up what will really run: the padded sizes when batching, else the configured ones.
-        loaded = load_keras(release, tf, keras, sizes or settings.warmup_batch_sizes, settings.tf_fold_batch_norms)
-    elif release.framework == "sklearn":
-        loaded = load_sklearn(release)
-    elif release.framework == "litert":
-        loaded = load_litert(release, settings.tf_intra_op_threads or 1)
-    else:
-        loaded = load_onnx(release, settings.tf_intra_op_threads or 1)
+    load = loader_for(release.framework)  # frameworks.py's table: an unknown framework is refused by name
+    # Warm up what will really run: the padded sizes when batching, else the configured ones.
+    context = LoadContext(settings.intra_op_threads or 1, tuple(sizes or settings.warmup_batch_sizes), tf, keras)
+    loaded = load(release, context)
     trim_heap()
     memory = max(0, resident_bytes() - before)
     call = loaded.call
@@ -233,8 +229,8 @@ def _load_one(
 
 def trim_heap() -> None:
     """Give the heap pages loading freed back to the OS (glibc's ``malloc_trim``; a no-op where
-    the C library has none). Loading leaves them behind: Keras's loader, folding, the first
-    calls. MobileNetV2 with TensorFlow: a 682 MiB worker without, 653 MiB with, after 100 calls."""
+    the C library has none). Loading leaves them behind: Keras's loader, the first calls.
+    MobileNetV2 with TensorFlow: a 682 MiB worker without, 653 MiB with, after 100 calls."""
     try:
         trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
@@ -264,8 +260,8 @@ def _import_tensorflow(settings: Settings):
         import tensorflow as tf
 
     try:
-        if settings.tf_intra_op_threads:
-            tf.config.threading.set_intra_op_parallelism_threads(settings.tf_intra_op_threads)
+        if settings.intra_op_threads:
+            tf.config.threading.set_intra_op_parallelism_threads(settings.intra_op_threads)
         if settings.tf_inter_op_threads:
             tf.config.threading.set_inter_op_parallelism_threads(settings.tf_inter_op_threads)
         if settings.gpu_memory_growth:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import counter, serve_uwsgi
+from helpers import counter, serve_uwsgi
 from inference.batching import Batcher, BatchTimeout, padded_sizes
 
 

@@ -9,7 +9,7 @@ import json
 import pytest
 from PIL import Image
 
-from conftest import encode
+from helpers import encode
 
 
 def assert_error(response, status: int, code: str | None = None) -> dict:
@@ -113,7 +113,7 @@ def test_nan_is_400(client):
 
 
 def test_batch_limit_is_400(client, app):
-    limit = app.extensions["funfleet.settings"].max_batch
+    limit = app.extensions["funfleet.settings"].max_request_instances
     b64 = base64.b64encode(encode(Image.new("RGB", (1, 1)), "PNG")).decode()
     body = {"instances": [{"b64": b64}] * (limit + 1)}
     assert_error(client.post("/v1/models/digits:predict", json=body), 400, "batch_too_large")

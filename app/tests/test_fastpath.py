@@ -11,7 +11,7 @@ import pytest
 from flask import Flask, request_started
 from PIL import Image
 
-from conftest import counter, encode
+from helpers import counter, encode
 from inference import create_app, fastpath
 from inference.batching import IN_FLIGHT, BatchTimeout
 from inference.config import Settings
@@ -103,7 +103,7 @@ def flask_cases(samples: dict[str, bytes]) -> dict[str, tuple[dict, int]]:
 
 
 def test_common_requests_never_reach_flask_and_get_flasks_bytes(multi_app, flask_app, samples):
-    assert isinstance(multi_app.wsgi_app, fastpath.FastPredict)
+    assert isinstance(multi_app.wsgi_app.app, fastpath.FastPredict)  # inside the bookkeeping
     for name, case in served_cases(samples).items():
         with flask_requests(multi_app) as seen:
             fast = send(multi_app, case)
@@ -184,4 +184,4 @@ def test_a_batching_worker_counts_fast_requests_in_flight_and_lets_them_go(model
 def test_the_setting_turns_it_off(flask_app):
     assert Settings.from_env(environ={"FUNFLEET_FAST_PREDICT": "0"}).fast_predict is False
     assert Settings.from_env(environ={}).fast_predict is True
-    assert not isinstance(flask_app.wsgi_app, fastpath.FastPredict)
+    assert not isinstance(flask_app.wsgi_app.app, fastpath.FastPredict)

@@ -1,18 +1,21 @@
 """Batch norms folded into the layers before them (folding.py): exactly the foldable ones, the
-same outputs as the model as saved, a broken fold refused at load, and the app serving it."""
+same outputs as the model as saved. Folding happens at release time (release_tools.cut), behind
+the parity gate, which refuses a fold that moves the outputs; the metadata records it and names
+the folded file; a worker serves the file as it is and never folds, folded or not.
+
+Outputs are compared within tolerances (float32 arithmetic reordered), labels exactly."""
 
 from __future__ import annotations
 
 import io
-import logging
+import json
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from inference import backends, create_app, folding
-from inference.config import Settings
-from inference.release import InputSpec, read_release, write_release_metadata
+from inference import backends, create_app, folding, release_tools
+from inference.release import InputSpec, ReleaseError, file_sha256, read_release, write_release_metadata
 
 SIZE = 16
 LABELS = [f"class_{i}" for i in range(5)]
@@ -139,8 +142,8 @@ def test_a_model_without_batch_norms_is_left_alone(tmp_path):
     assert folding.fold_batch_norms(model) == (model, 0)
 
 
-def _release(tmp_path, model):
-    root = tmp_path / "bn" / "1"
+def _release(tmp_path, model, name: str = "saved"):
+    root = tmp_path / name / "1"
     root.mkdir(parents=True)
     model.save(root / "model.keras")
     spec = InputSpec(height=SIZE, width=SIZE, scale=1 / 127.5, offset=-1.0)
@@ -148,27 +151,49 @@ def _release(tmp_path, model):
     return root
 
 
-def _load(root, fold: bool = True):
+def _probe(seed: int, n: int = 3) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-1, 1, (n, SIZE, SIZE, 3)).astype(np.float32)
+
+
+def never_fold(monkeypatch) -> None:
+    """From here on, folding anything fails the test: a worker must never fold."""
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("a worker folded batch norms")
+
+    monkeypatch.setattr(folding, "plan_folding", refuse)
+    monkeypatch.setattr(folding, "fold_batch_norms", refuse)
+
+
+def _load(root):
     import keras
     import tensorflow as tf
 
-    return backends.load_keras(read_release(root), tf, keras, (1,), fold)
+    return backends.load_keras(read_release(root), backends.LoadContext(tf=tf, keras=keras))
 
 
-def test_load_serves_the_folded_model(tmp_path):
+def test_cut_folds_at_release_time_and_the_metadata_names_the_folded_file(tmp_path):
     model = mixed_model()
-    root = _release(tmp_path, model)
-    loaded = _load(root)
-    assert loaded.runtime.endswith("(5 batch norms folded)")
-    assert "folded" not in _load(root, fold=False).runtime
-    x = np.random.default_rng(7).uniform(-1, 1, (3, SIZE, SIZE, 3)).astype(np.float32)
-    np.testing.assert_allclose(loaded.call(x)[0], model.predict(x, verbose=0), rtol=1e-4, atol=1e-6)
+    source = _release(tmp_path, model)
+    release = release_tools.cut(source, "2", out=tmp_path / "bn" / "2")
+    assert read_release(release.path).sha256 == file_sha256(release.path / "model.keras")  # the checked artefact
+    record = release.extra["folding"]
+    assert record["batch_norms"] == 5
+    assert record["from_sha256"] == read_release(source).sha256 != release.sha256
+    assert 0 <= record["parity"]["max_abs_diff"] <= record["parity"]["max_abs_diff_allowed"] == 1e-4
+    assert record["parity"]["top1_agreement"] == 1.0
+    assert record["parity"]["samples"] == 16  # no sample images: seeded ones
+    import keras
+
+    served = keras.saving.load_model(release.model_file, compile=False)
+    assert _batch_norm_names(served) == KEPT  # folded in the file, not at load
+    x = _probe(10)
+    np.testing.assert_allclose(served.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-4, atol=1e-6)
 
 
-def test_a_fold_that_changes_the_outputs_is_refused(tmp_path, monkeypatch, caplog):
-    """A wrong fold (here: the batch norm's shift forgotten) must never serve."""
-    model = mixed_model()
-    root = _release(tmp_path, model)
+def test_the_parity_gate_refuses_a_fold_that_changes_the_predictions(tmp_path, monkeypatch, capsys):
+    """A wrong fold (here: the batch norm's shift forgotten) is never released; nothing is written."""
+    source = _release(tmp_path, mixed_model())
     right = folding._folded
 
     def wrong(linear, bn):
@@ -176,26 +201,82 @@ def test_a_fold_that_changes_the_outputs_is_refused(tmp_path, monkeypatch, caplo
         return [kernel, np.zeros_like(bias)]
 
     monkeypatch.setattr(folding, "_folded", wrong)
-    with caplog.at_level(logging.WARNING, logger="inference.backends"):
-        loaded = _load(root)
-    assert loaded.runtime == _load(root, fold=False).runtime
-    assert "folded" not in loaded.runtime
-    assert any("folding 5 batch norms moved an output by" in r.getMessage() for r in caplog.records)
-    x = np.random.default_rng(8).uniform(-1, 1, (2, SIZE, SIZE, 3)).astype(np.float32)
+    out = tmp_path / "bn" / "2"
+    with pytest.raises(ReleaseError, match=r"folding 5 batch norms of bn fails the parity gate: max abs diff "):
+        release_tools.cut(source, "2", out=out)
+    assert not out.exists()
+    assert release_tools.main(["cut", str(source), "2", "--out", str(out)]) == 2
+    assert "--no-fold releases the model as saved" in capsys.readouterr().err
+    assert not out.exists()
+    # Within a looser bound than the fold moved the outputs by, the same fold passes the gate.
+    assert release_tools.cut(source, "2", out=out, gate=release_tools.Gate(max_abs_diff=1e3, min_top1=0.0))
+
+
+def test_no_fold_cuts_the_model_as_saved(tmp_path):
+    source = _release(tmp_path, mixed_model())
+    release = release_tools.cut(source, "2", out=tmp_path / "bn" / "2", fold_batch_norms=False)
+    assert "folding" not in release.extra
+    assert release.sha256 == read_release(source).sha256
+
+
+def test_a_model_without_batch_norms_is_cut_without_tensorflow(tmp_path, monkeypatch):
+    """Most cuts (a version bump of the demo models) never load the model."""
+    import keras
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    root = tmp_path / "plain" / "1"
+    root.mkdir(parents=True)
+    model.save(root / "model.keras")
+    write_release_metadata(root, name="plain", version="1", labels=["a", "b"], spec=_tensor(4), top_k=1, extra={})
+
+    def no_keras():
+        raise AssertionError("cut loaded the model")
+
+    monkeypatch.setattr(release_tools, "_keras", no_keras)
+    release = release_tools.cut(root, "2", out=tmp_path / "plain" / "2")
+    assert release.sha256 == read_release(root).sha256
+    assert "folding" not in release.extra
+
+
+def _tensor(width: int):
+    from inference.release import TensorSpec
+
+    return TensorSpec(shape=(width,))
+
+
+def test_the_worker_serves_a_folded_release_as_it_is(tmp_path, monkeypatch):
+    model = mixed_model()
+    release = release_tools.cut(_release(tmp_path, model), "2", out=tmp_path / "bn" / "2")
+    never_fold(monkeypatch)
+    loaded = _load(release.path)
+    assert loaded.runtime.endswith("(5 batch norms folded)")  # read from the metadata
+    x = _probe(7)
     np.testing.assert_allclose(loaded.call(x)[0], model.predict(x, verbose=0), rtol=1e-4, atol=1e-6)
 
 
-def test_the_app_predicts_with_the_folded_model_and_says_so(tmp_path):
+def test_an_unfolded_release_still_serves_correctly_as_saved(tmp_path, monkeypatch):
+    """A release cut before folding moved to release time (on hosts, or rolled back to)."""
     model = mixed_model()
-    root = _release(tmp_path, model)
+    never_fold(monkeypatch)
+    loaded = _load(_release(tmp_path, model))
+    assert "folded" not in loaded.runtime
+    x = _probe(8, 2)
+    np.testing.assert_allclose(loaded.call(x)[0], model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_the_app_predicts_with_the_folded_release_and_says_so(tmp_path, monkeypatch):
+    model = mixed_model()
+    release = release_tools.cut(_release(tmp_path, model), "2", out=tmp_path / "bn" / "2")
+    never_fold(monkeypatch)
     rng = np.random.default_rng(9)
     pixels = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, "PNG")
     want = model.predict(pixels[None].astype(np.float32) / 127.5 - 1.0, verbose=0)[0]
-    client = create_app({"model_dir": str(root)}).test_client()
+    client = create_app({"model_dir": str(release.path)}).test_client()
     meta = client.get("/metadata").get_json()
     assert meta["model"]["runtime"].endswith("(5 batch norms folded)")
+    assert meta["model"]["folding"]["batch_norms"] == 5
     response = client.post("/predict", data={"image": (io.BytesIO(buf.getvalue()), "x.png")})
     assert response.status_code == 200
     body = response.get_json()
@@ -203,8 +284,4 @@ def test_the_app_predicts_with_the_folded_model_and_says_so(tmp_path):
     by_label = {p["label"]: p["probability"] for p in body["predictions"]}
     for label, probability in by_label.items():
         assert probability == pytest.approx(float(want[LABELS.index(label)]), abs=1e-5)
-
-
-def test_the_setting_reads_from_the_environment():
-    assert Settings.from_env(environ={}).tf_fold_batch_norms is True
-    assert Settings.from_env(environ={"FUNFLEET_TF_FOLD_BATCH_NORMS": "0"}).tf_fold_batch_norms is False
+    assert json.loads((release.path / "metadata.json").read_text())["cut_from"] == "bn:1"

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import MODEL_DIR, encode
+from helpers import MODEL_DIR, encode
 from inference.preprocess import FORMATS, InputError, PixelBudget, decode_image
 from inference.release import read_release
 

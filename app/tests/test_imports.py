@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from conftest import APP_DIR, MODEL_DIR, kinds_dir
+from helpers import APP_DIR, MODEL_DIR, kinds_dir
 
 SCRIPT = textwrap.dedent(
     """

@@ -12,7 +12,7 @@ import requests
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import IRIS_DIR, MODEL_DIR
+from helpers import IRIS_DIR, MODEL_DIR
 from inference.preprocess import decode_image
 from inference.release import read_release
 

@@ -1,5 +1,6 @@
-"""The lighter CPU runtime: a Keras release converted to LiteRT by scripts/convert-release, gated
-by parity with the Keras model on the release's sample set, served without TensorFlow.
+"""The lighter CPU runtime: a Keras release converted to LiteRT by ``python -m
+inference.release_tools convert``, gated by parity with the Keras model on the release's sample
+set, served without TensorFlow.
 
 Scores are compared within the gate's bound (1e-4), labels exactly."""
 
@@ -14,17 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import MODEL_DIR, ROOT, SAMPLES
+from helpers import MODEL_DIR, ROOT, SAMPLES
 from inference.preprocess import decode_image
 from inference.release import file_sha256, read_release
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-CONVERT = ROOT / "scripts" / "convert-release"
 
 
 def convert(source: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(CONVERT), str(source), "--out", str(out), *extra],
+        [sys.executable, "-m", "inference.release_tools", "convert", str(source), "--out", str(out), *extra],
         capture_output=True,
         text=True,
         check=False,
@@ -105,7 +105,7 @@ def test_a_lossy_conversion_is_refused_with_the_numbers(tmp_path):
     result = convert(MODEL_DIR, out, "--optimize", "dynamic", "--max-abs-diff", "1e-6")
     assert result.returncode == 2
     message = result.stderr.strip().splitlines()[-1]
-    assert message.startswith("convert-release: the LiteRT conversion of digits:1 fails the parity gate: max abs diff ")
+    assert message.startswith("convert: the LiteRT conversion of digits:1 fails the parity gate: max abs diff ")
     assert "(at most 1e-06), top-1 agreement" in message
     assert "on 10 samples" in message
     assert not out.exists()

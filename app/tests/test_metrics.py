@@ -12,7 +12,7 @@ import textwrap
 import threading
 from pathlib import Path
 
-from conftest import APP_DIR
+from helpers import APP_DIR
 
 WORKER = textwrap.dedent(
     """
@@ -177,3 +177,32 @@ def test_metrics_endpoint_reports_the_host_state(client):
     text = client.get("/metrics").get_data(as_text=True)
     assert "funfleet_release_volume_avail_bytes " in text
     assert "funfleet_drained " not in text  # the tests' app has no drain file set
+
+
+def test_the_multiprocess_files_are_read_and_written_as_prometheus_client_does(tmp_path):
+    """metrics.read_entries and write_entries own the file format prometheus_client keeps private:
+    they read what its workers write, and it reads what they write, keys of every padding."""
+    from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
+    from inference import metrics
+
+    worker(tmp_path, "1", 5)
+    (counters,) = tmp_path.glob("counter_[0-9]*.db")
+    entries = metrics.read_entries(counters)
+    requests = [key for key in entries if '"funfleet_http_requests_total"' in key]
+    assert [entries[key][0] for key in requests] == [5.0]
+
+    written = {}
+    for n in range(8):  # label values of 8 lengths: every padding of the key
+        key = json.dumps(["funfleet_test", "funfleet_test_total", {"n": "x" * n}, "help"], sort_keys=True)
+        written[key] = (float(n + 1), 0.0)
+    archive = tmp_path / "counter_archive.db"
+    metrics.write_entries(archive, written)
+    assert metrics.read_entries(archive) == written
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(tmp_path))
+    text = generate_latest(registry).decode()
+    for n in range(8):
+        assert value(text, f'funfleet_test_total{{n="{"x" * n}"}}') == n + 1
+    assert value(text, 'funfleet_http_requests_total{endpoint="/predict",method="POST",status="200"}') == 5
+    assert not list(tmp_path.glob("*.tmp"))

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import IRIS_DIR, counter
+from helpers import IRIS_DIR, counter
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 from PIL import Image
 
-from conftest import SAMPLES
+from helpers import SAMPLES
 
 # Pillow warns of the corrupt TIFF tags and ICO sizes it works around, numpy of the float32
 # overflow that is then refused.

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import MODEL_DIR, encode, load_training_script
+from helpers import MODEL_DIR, encode, load_training_script
 
 
 @pytest.mark.parametrize("label", [str(i) for i in range(10)])

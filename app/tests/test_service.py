@@ -6,10 +6,12 @@ import io
 import json
 import re
 import shutil
+from dataclasses import fields
 
 import pytest
+import yaml
 
-from conftest import MODEL_DIR, counter
+from helpers import APP_DIR, MODEL_DIR, counter
 
 
 def test_healthz(client):
@@ -116,6 +118,23 @@ def test_metadata(client):
     assert re.fullmatch(r"2\.\d+\.\d+", body["runtime"]["tensorflow"])
 
 
+def test_one_version_everywhere(client):
+    """inference.__version__ is the package's version (pyproject reads it), and what /metadata,
+    KServe's server metadata and the OpenAPI document say."""
+    from inference import __version__
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11's
+
+    project = tomllib.loads((APP_DIR / "pyproject.toml").read_text())
+    assert "version" not in project["project"]
+    assert project["project"]["dynamic"] == ["version"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "inference.__version__"}
+    assert re.fullmatch(r"\d+\.\d+\.\d+", __version__)
+    assert client.get("/metadata").get_json()["service"]["version"] == __version__
+    assert client.get("/v2").get_json()["version"] == __version__
+    assert yaml.safe_load((APP_DIR / "openapi.yaml").read_text())["info"]["version"] == __version__
+
+
 def test_metrics_count_requests_by_endpoint_and_status(client, samples):
     before = client.get("/metrics").get_data(as_text=True)
     for _ in range(3):
@@ -170,8 +189,23 @@ def test_settings_reject_unknown_keys():
 
     with pytest.raises(ValueError, match="unknown setting"):
         Settings.from_env({"modle_dir": "/x"})
-    assert Settings.from_env(environ={"FUNFLEET_MAX_BATCH": "7", "FUNFLEET_CORS_ORIGINS": "a, b"}).max_batch == 7
+    assert Settings.from_env(environ={"FUNFLEET_MAX_REQUEST_INSTANCES": "7"}).max_request_instances == 7
     assert Settings.from_env(environ={"FUNFLEET_CORS_ORIGINS": "a, b"}).cors_origins == ("a", "b")
+    assert "extra" not in {f.name for f in fields(Settings)}
+
+
+@pytest.mark.parametrize(
+    ("old", "new"), [("tf_intra_op_threads", "intra_op_threads"), ("max_batch", "max_request_instances")]
+)
+def test_settings_renamed_are_still_read_by_their_former_names(old, new):
+    """FUNFLEET_TF_INTRA_OP_THREADS is what hosts configured before the rename have; the new name wins."""
+    from inference.config import Settings
+
+    assert getattr(Settings.from_env(environ={f"FUNFLEET_{old.upper()}": "3"}), new) == 3
+    assert getattr(Settings.from_env({old: 3}, environ={}), new) == 3
+    both = {f"FUNFLEET_{old.upper()}": "3", f"FUNFLEET_{new.upper()}": "5"}
+    assert getattr(Settings.from_env(environ=both), new) == 5
+    assert getattr(Settings.from_env({old: 3, new: 5}, environ={}), new) == 5
 
 
 def test_workers_spread_over_gpus_round_robin():

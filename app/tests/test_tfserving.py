@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import MODEL_DIR
+from helpers import MODEL_DIR
 from inference.preprocess import decode_image
 from inference.release import read_release
 

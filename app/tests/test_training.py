@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from conftest import MODEL_DIR, ROOT, SAMPLES, SAMPLES_INVERTED
+from helpers import MODEL_DIR, ROOT, SAMPLES, SAMPLES_INVERTED
 
 # The stated band, per polarity. Seen over seeds 1-13 with 1 or 2 threads, oneDNN on and off:
 # 0.9778 to 1.0.
@@ -32,7 +32,7 @@ def retrained(tmp_path_factory):
     result = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "scripts" / "train_digits.py"),
+            str(ROOT / "files" / "models" / "train_digits.py"),
             "--version",
             "1",
             "--threads",

@@ -14,7 +14,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from conftest import SAMPLES
+from helpers import SAMPLES
 
 
 @pytest.fixture(scope="module")

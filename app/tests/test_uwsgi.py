@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from conftest import counter
+from helpers import counter
 
 
 def test_concurrent_requests_through_two_lazy_workers(uwsgi_server, samples):

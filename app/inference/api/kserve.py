@@ -187,7 +187,7 @@ def _input_batch(model: ServedModel, body: dict, binary: bytes) -> np.ndarray:
         raise InputError(
             "invalid_shape", f"input '{spec.name}': shape {shape} given, the model takes {list(spec.shape)}"
         )
-    limit = ready_runtime().settings.max_batch
+    limit = ready_runtime().settings.max_request_instances
     if not 1 <= shape[0] <= limit:
         raise InputError("batch_too_large", f"a batch holds 1 to {limit} instances, got {shape[0]}")
     count = int(np.prod(shape))
@@ -261,7 +261,7 @@ def _text_batch(model: ServedModel, spec: TensorInfo, tensor: dict, shape: list,
         raise InputError(
             "invalid_shape", f"input '{spec.name}': shape {shape} needs {count} strings, got {len(values)}"
         )
-    return text_batch(values, model.release.input, ready_runtime().settings.max_batch)
+    return text_batch(values, model.release.input, ready_runtime().settings.max_request_instances)
 
 
 def _requested(model: ServedModel, body: dict) -> list[tuple[int, dict]]:

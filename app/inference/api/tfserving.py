@@ -77,12 +77,12 @@ def _predict(model: ServedModel) -> Response:
     spec = model.release.input
     names = [o.name for o in model.signature.outputs]
     if "instances" in body:
-        outputs = infer(model, tensor_batch(body["instances"], spec, budget, settings.max_batch))
+        outputs = infer(model, tensor_batch(body["instances"], spec, budget, settings.max_request_instances))
         if len(outputs) == 1:
             return _json({"predictions": outputs[0].tolist()})
         rows = [{n: out[i].tolist() for n, out in zip(names, outputs, strict=True)} for i in range(len(outputs[0]))]
         return _json({"predictions": rows})
-    outputs = infer(model, columnar_batch(body["inputs"], spec, budget, settings.max_batch))
+    outputs = infer(model, columnar_batch(body["inputs"], spec, budget, settings.max_request_instances))
     if len(outputs) == 1:
         return _json({"outputs": outputs[0].tolist()})
     return _json({"outputs": {n: out.tolist() for n, out in zip(names, outputs, strict=True)}})

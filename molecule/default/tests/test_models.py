@@ -39,14 +39,16 @@ def models_extra(iris_base: Path, policy: dict) -> str:
 
 @pytest.fixture(scope="module")
 def iris_base(tmp_path_factory) -> Path:
-    """The iris model's base path with a version 2 cut from version 1 (scripts/cut-release)."""
+    """The iris model's base path with a version 2 cut from version 1 (inference.release_tools cut)."""
     base = tmp_path_factory.mktemp("models") / "iris"
     base.mkdir()
     source = ROOT / "files" / "models" / "iris" / "1"
     for version in ("1", "2"):
         cut = [
             sys.executable,
-            str(ROOT / "scripts" / "cut-release"),
+            "-m",
+            "inference.release_tools",
+            "cut",
             str(source),
             version,
             "--out",

@@ -652,7 +652,7 @@ def test_readiness_of_a_replaced_release_reads_0(tmp_path):
     """A new release on the app host (the only one behind the balancer: a chain reload in
     service); its old workers are gone, and Prometheus reads version 1 at 0, version 2 at 1."""
     release = tmp_path / "digits-2"
-    cut = [sys.executable, str(ROOT / "scripts" / "cut-release"), str(ROOT / "files" / "models" / "digits" / "1")]
+    cut = [sys.executable, "-m", "inference.release_tools", "cut", str(ROOT / "files" / "models" / "digits" / "1")]
     subprocess.run([*cut, "2", "--out", str(release)], check=True, capture_output=True, timeout=60)
     result = playbook("deploy.yml", "-e", f"app_release_model_src={release}")
     assert result.returncode == 0, result.stdout[-3000:]

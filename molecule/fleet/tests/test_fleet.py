@@ -91,7 +91,7 @@ def releases(tmp_path_factory):
     meta["sha256"] = hashlib.sha256(b"not a Keras archive\n").hexdigest()
     (unloadable / "metadata.json").write_text(json.dumps(meta, indent=2))
     v2 = tmp / "digits-2"  # what `make release FROM=files/models/digits/1 VERSION=2` writes
-    cut = [sys.executable, str(ROOT / "scripts" / "cut-release"), str(MODEL_V1), "2", "--out", str(v2)]
+    cut = [sys.executable, "-m", "inference.release_tools", "cut", str(MODEL_V1), "2", "--out", str(v2)]
     subprocess.run(cut, check=True, capture_output=True, timeout=60)
     return {"v2": v2, "broken": model_release(tmp, "3", sha256="0" * 64), "unloadable": unloadable}
 

@@ -21,11 +21,16 @@ def ini(host) -> dict[str, str]:
     return dict(line.split(" = ", 1) for line in lines if " = " in line)
 
 
-def test_gpu_fact_is_installed_and_reports_this_host(host):
+def test_gpu_fact_is_installed_and_reports_this_host(host, name):
     fact = host.file("/etc/ansible/facts.d/nvidia_gpu.fact")
     assert fact.mode == 0o755
     real = json.loads(host.check_output("/etc/ansible/facts.d/nvidia_gpu.fact"))
-    assert real["count"] == 0  # the container has no GPU: only the override makes gpu1 one
+    # The GPU host's lspci is a recorded one with a Tesla T4 (prepare.yml); the CPU host's is real.
+    if name == GPU:
+        assert real["count"] == 1
+        assert real["models"] == ["NVIDIA Corporation TU104GL [Tesla T4]"]
+    else:
+        assert real["count"] == 0
     assert real["driver_loaded"] is False
     assert real["source"] == "lspci"
     assert host.package("pciutils").is_installed
@@ -54,7 +59,7 @@ def test_unit_device_access(host, name):
 def test_worker_layout_and_tensorflow_settings(host, name):
     env = host.file("/etc/funfleet/app.env").content_string.splitlines()
     if name == GPU:
-        assert ini(host)["processes"] == "2"  # uwsgi_workers_per_gpu (2) x 1 GPU
+        assert ini(host)["processes"] == "2"  # funfleet_workers_per_gpu (2) x 1 GPU
         assert "FUNFLEET_DEVICE=gpu" in env  # a worker not on the GPU is not ready
         assert "FUNFLEET_GPU_MEMORY_GROWTH=1" in env
         assert "FUNFLEET_GPU_COUNT=1" in env

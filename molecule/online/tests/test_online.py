@@ -14,7 +14,10 @@ testinfra_hosts = ["funfleet-online-app1"]
 
 def controller_index() -> dict[str, str]:
     out = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "pip-index-settings")], capture_output=True, text=True, check=True
+        [sys.executable, str(ROOT / "scripts" / "bootstrap" / "pip-index-settings")],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(out.stdout)
 

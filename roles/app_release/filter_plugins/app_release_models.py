@@ -8,46 +8,63 @@ app_release_files: every file to ship, one row per (model, version, file).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import sys
+from types import ModuleType
 
 try:
     from ansible.errors import AnsibleFilterError
 except ImportError:  # the unit tests import this file without Ansible's error classes
     AnsibleFilterError = ValueError  # type: ignore[misc,assignment]
 
-# The model file each framework saves (the app's release format: inference/release.py).
-MODEL_FILES = {"keras": "model.keras", "sklearn": "model.joblib", "onnx": "model.onnx", "litert": "model.tflite"}
-
-# Measured (a 2-core VM): a worker with the app alone holds about 48 MiB. Each framework it
-# imports adds its runtime once: TensorFlow and Keras about 512 MiB, scikit-learn (with SciPy)
-# about 88 MiB, ONNX Runtime about 32 MiB, LiteRT about 16 MiB. A loaded and warmed Keras model
-# adds about 8 MiB plus 16 times its file's size (the digits CNN: 1.6 MB on disk, 32 MiB in a
-# worker); a joblib, ONNX or LiteRT model about 2 MiB plus 4 times its size (wine: 8 MiB with
-# scikit-learn already imported; the digits CNN as LiteRT: a 66 MiB worker in all).
-WORKER_BASE_MB = 48
-FRAMEWORK_MB = {"keras": 512, "sklearn": 88, "onnx": 32, "litert": 16}
-MODEL_BASE_MB = {"keras": 8, "sklearn": 2, "onnx": 2, "litert": 2}
-MODEL_FILE_FACTOR = {"keras": 16, "sklearn": 4, "onnx": 4, "litert": 4}
+# The frameworks table is the app's own (app/inference/frameworks.py), read from the checked-out
+# repo by path, as app_release_app_src finds the app: the controller refuses, finds and sizes a
+# model exactly as the app will. The file imports only the standard library, so neither
+# TensorFlow nor the app's other dependencies are needed here, and the inference package (whose
+# __init__ imports Flask) is never imported.
+FRAMEWORKS_FILE = os.path.normpath(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "app", "inference", "frameworks.py")
+)
 
 
-def _version_key(version: str) -> tuple[int, int | str]:
-    return (0, int(version)) if version.isdigit() else (1, version)
+def _load_frameworks() -> ModuleType:
+    name = f"_funfleet_frameworks:{FRAMEWORKS_FILE}"  # one per checkout this plugin may be loaded from
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, FRAMEWORKS_FILE)
+    if spec is None or spec.loader is None or not os.path.isfile(FRAMEWORKS_FILE):
+        raise AnsibleFilterError(
+            f"the app's frameworks table is not at {FRAMEWORKS_FILE} (the role runs from the repo)"
+        )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses looks its module up while building the table's class
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+frameworks = _load_frameworks()
 
 
 def _read_version(name: str, folder: str) -> dict:
     try:
         with open(os.path.join(folder, "metadata.json")) as fh:
             meta = json.load(fh)
-        framework = str(meta.get("framework", "keras"))
-        if framework not in MODEL_FILES:
-            raise ValueError(f"unknown framework {framework!r}, one of {sorted(MODEL_FILES)}")
+        framework = str(meta.get("framework", frameworks.DEFAULT))
         extra = sorted(str(f) for f in dict(meta.get("files") or {}))
         if any("/" in f or f.startswith(".") for f in extra):
             raise ValueError(f"files must be plain names in the release folder: {extra}")
-        size = os.path.getsize(os.path.join(folder, MODEL_FILES[framework]))
+        model_file = frameworks.check_files(framework, extra).model_file  # an unknown framework: refused by name
+        size = os.path.getsize(os.path.join(folder, model_file))
         for other in extra:
             os.stat(os.path.join(folder, other))
+    except frameworks.UnknownFramework as exc:
+        raise AnsibleFilterError(f"model {name}: {folder}: {exc}") from exc
     except (OSError, ValueError, TypeError) as exc:
         raise AnsibleFilterError(f"model {name}: {folder} is not a model release ({exc})") from exc
     if str(meta.get("name")) != name:
@@ -56,8 +73,8 @@ def _read_version(name: str, folder: str) -> dict:
         "version": str(meta.get("version")),
         "src": folder,
         "framework": framework,
-        "model_file": MODEL_FILES[framework],
-        "files": [MODEL_FILES[framework], "labels.json", "metadata.json", *extra],
+        "model_file": model_file,
+        "files": [model_file, "labels.json", "metadata.json", *extra],
         "sha256": str(meta.get("sha256", "")),
         "size": size,
         "meta": meta,
@@ -71,7 +88,7 @@ def _choose(name: str, available: list[str], policy: dict) -> list[str]:
         raise AnsibleFilterError(
             f"model {name}: version_policy is one of {{latest: N}}, {{specific: [..]}}, {{all: true}}"
         )
-    ordered = sorted(available, key=_version_key)
+    ordered = sorted(available, key=frameworks.version_key)
     if "all" in policy:
         return ordered
     if "latest" in policy:
@@ -79,7 +96,7 @@ def _choose(name: str, available: list[str], policy: dict) -> list[str]:
         if count < 1:
             raise AnsibleFilterError(f"model {name}: version_policy latest must be 1 or more")
         return ordered[-count:]
-    wanted = sorted({str(v) for v in policy["specific"]}, key=_version_key)
+    wanted = sorted({str(v) for v in policy["specific"]}, key=frameworks.version_key)
     missing = [v for v in wanted if v not in available]
     if not wanted or missing:
         raise AnsibleFilterError(f"model {name}: versions {missing or wanted} are not in its base path ({ordered})")
@@ -121,15 +138,13 @@ def app_release_resolve_models(models: list[dict], model_src: str = "", models_d
 
 
 def app_release_model_memory_mb(resolved: list[dict]) -> int:
-    """Estimated resident memory of one worker serving these model versions (MiB)."""
-    versions = [version for model in resolved for version in model["versions"]]
-    frameworks = {version.get("framework", "keras") for version in versions}
-    per_model = sum(
-        MODEL_BASE_MB[fw] + MODEL_FILE_FACTOR[fw] * version["size"] / 2**20
-        for version in versions
-        for fw in [version.get("framework", "keras")]
+    """Estimated resident memory of one worker serving these model versions (MiB): the app's
+    frameworks table holds the numbers (and how they were measured)."""
+    return frameworks.worker_memory_mb(
+        (version.get("framework", frameworks.DEFAULT), version["size"])
+        for model in resolved
+        for version in model["versions"]
     )
-    return int(WORKER_BASE_MB + sum(FRAMEWORK_MB[fw] for fw in frameworks) + per_model + 0.5)
 
 
 def app_release_version_dir(pair: list, root: str) -> str:

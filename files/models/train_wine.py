@@ -7,7 +7,7 @@ on the host and again by the app before joblib reads the file, is the trust anch
 scikit-learn version it was saved with is recorded (the app refuses another minor version, as
 scikit-learn does not support unpickling across versions).
 
-    python scripts/train_wine.py --version 1
+    python files/models/train_wine.py --version 1
 """
 
 from __future__ import annotations
@@ -17,7 +17,18 @@ import json
 import numpy as np
 from training import release_args
 
-from inference.release import FRAMEWORKS, TensorSpec, write_release_metadata
+from inference.frameworks import framework
+from inference.release import TensorSpec, write_release_metadata
+
+
+def split(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Training and held-out features and classes (the tests measure the release on the latter)."""
+    from sklearn.datasets import load_wine
+    from sklearn.model_selection import train_test_split
+
+    wine = load_wine()
+    x = wine.data.astype(np.float32)
+    return tuple(train_test_split(x, wine.target, test_size=0.3, stratify=wine.target, random_state=seed))
 
 
 def main() -> int:
@@ -27,23 +38,19 @@ def main() -> int:
     import sklearn
     from sklearn.datasets import load_wine
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import train_test_split
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     wine = load_wine()
     features = tuple(str(n).replace("/", "_") for n in wine.feature_names)
-    x = wine.data.astype(np.float32)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, wine.target, test_size=0.3, stratify=wine.target, random_state=args.seed
-    )
+    x_train, x_test, y_train, y_test = split(args.seed)
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, C=0.5))
     model.fit(x_train, y_train)
     accuracy = round(float((model.predict(x_test) == y_test).mean()), 4)
 
     release_dir = args.out / args.version
     release_dir.mkdir(parents=True, exist_ok=True)
-    joblib.dump(model, release_dir / FRAMEWORKS["sklearn"], compress=3)
+    joblib.dump(model, release_dir / framework("sklearn").model_file, compress=3)
     release = write_release_metadata(
         release_dir,
         name="wine",

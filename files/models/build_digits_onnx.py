@@ -8,7 +8,7 @@ dynamic batch dimension, opset 17. ``reference.npz`` holds held-out inputs and t
 outputs for them (``predict_proba``); the service refuses the release if ONNX Runtime disagrees.
 Served through the same image decoder as the Keras digits model (16x16 grayscale, NCHW).
 
-    python scripts/build_digits_onnx.py --version 1
+    python files/models/build_digits_onnx.py --version 1
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import numpy as np
 from train_digits import POLARITIES, split  # the Keras digits model's split and images
 from training import release_args
 
-from inference.backends import REFERENCE_FILE
+from inference.frameworks import REFERENCE_FILE, framework
 from inference.preprocess import decode_image
-from inference.release import FRAMEWORKS, InputSpec, write_release_metadata
+from inference.release import InputSpec, write_release_metadata
 
 SPEC = InputSpec(height=16, width=16, color_mode="grayscale", scale=1 / 255, offset=0.0, layout="NCHW")
 OPSET = 17
@@ -58,26 +58,35 @@ def to_onnx(coefs: list[np.ndarray], intercepts: list[np.ndarray]) -> bytes:
     return model.SerializeToString()
 
 
+def arrays(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Training and held-out images (decoded as served, NCHW) and digits: the digits model's split,
+    both polarities, held-out dark on light first."""
+    y, idx_train, idx_test, encoded = split(seed)
+    x = {p: np.stack([decode_image(png, SPEC, 1 << 20) for png in encoded[p]]) for p in POLARITIES}
+    return (
+        np.concatenate([x[p][idx_train] for p in POLARITIES]),
+        np.concatenate([y[idx_train] for _ in POLARITIES]),
+        np.concatenate([x[p][idx_test] for p in POLARITIES]),
+        np.concatenate([y[idx_test] for _ in POLARITIES]),
+    )
+
+
 def main() -> int:
     args = release_args(__doc__, "digits-onnx")
 
     from sklearn.neural_network import MLPClassifier
 
-    y, idx_train, idx_test, encoded = split(args.seed)
-    x = {p: np.stack([decode_image(png, SPEC, 1 << 20) for png in encoded[p]]) for p in POLARITIES}
-    x_train = np.concatenate([x[p][idx_train] for p in POLARITIES]).reshape(-1, 256)
-    y_train = np.concatenate([y[idx_train] for _ in POLARITIES])
+    x_train, y_train, x_test, y_test = arrays(args.seed)
     mlp = MLPClassifier(hidden_layer_sizes=(64,), max_iter=300, random_state=args.seed)
-    mlp.fit(x_train, y_train)
-    x_test = np.concatenate([x[p][idx_test] for p in POLARITIES])
-    y_test = np.concatenate([y[idx_test] for _ in POLARITIES])
+    mlp.fit(x_train.reshape(len(x_train), -1), y_train)
     accuracy = round(float((mlp.predict(x_test.reshape(len(x_test), -1)) == y_test).mean()), 4)
 
     release_dir = args.out / args.version
     release_dir.mkdir(parents=True, exist_ok=True)
-    (release_dir / FRAMEWORKS["onnx"]).write_bytes(to_onnx(mlp.coefs_, mlp.intercepts_))
+    (release_dir / framework("onnx").model_file).write_bytes(to_onnx(mlp.coefs_, mlp.intercepts_))
     # The exporter's reference: the first 32 held-out images (both polarities) and its outputs.
-    sample = x_test[np.r_[0:16, len(idx_test) : len(idx_test) + 16]]
+    half = len(x_test) // len(POLARITIES)
+    sample = x_test[np.r_[0:16, half : half + 16]]
     reference = mlp.predict_proba(sample.reshape(len(sample), -1)).astype(np.float32)
     with (release_dir / REFERENCE_FILE).open("wb") as fh:
         np.savez(fh, inputs=sample.astype(np.float32), probabilities=reference)

@@ -11,7 +11,7 @@ the weights. TensorFlow's CPU kernels differ by instruction set and thread sched
 seed gives other weights (and a slightly different accuracy) on another CPU; `weights_sha256`
 in the metadata names the weights this release holds, nothing more.
 
-    python scripts/train_digits.py --version 1
+    python files/models/train_digits.py --version 1
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from training import weights_sha256
 from inference.preprocess import decode_image
 from inference.release import MODEL_FILE, InputSpec, write_release_metadata
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Before TensorFlow is imported (in main).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")

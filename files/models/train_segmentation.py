@@ -6,7 +6,7 @@ service's own decoder to 32x32 grayscale; the target of a pixel is 0 (background
 decoded ink is under half, else 1 + the digit. Held-out pixel accuracy and mean IoU go into the
 metadata. The split and renderings are the same on any machine; the weights are not.
 
-    python scripts/train_segmentation.py --version 1
+    python files/models/train_segmentation.py --version 1
 """
 
 from __future__ import annotations
@@ -53,14 +53,20 @@ def mean_iou(truth: np.ndarray, predicted: np.ndarray) -> float:
     return float(np.mean(ious))
 
 
+def arrays(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every digit decoded as served (dark on light), its per-pixel target, and the digits model's
+    train and held-out indices (the tests measure the release on the latter)."""
+    y, idx_train, idx_test, encoded = split(seed)
+    x = np.stack([decode_image(png, SPEC, 1 << 20) for png in encoded["dark_on_light"]])
+    return x, masks(x, y), idx_train, idx_test
+
+
 def main() -> int:
     args = release_args(__doc__, "digit-segments", epochs=25)
 
     keras, tf = seeded_keras(args.seed)
 
-    y, idx_train, idx_test, encoded = split(args.seed)
-    x = np.stack([decode_image(png, SPEC, 1 << 20) for png in encoded["dark_on_light"]])
-    target = masks(x, y)
+    x, target, idx_train, idx_test = arrays(args.seed)
     model = build_model(keras)
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
     model.fit(x[idx_train], target[idx_train], epochs=args.epochs, batch_size=32, verbose=0)

@@ -5,7 +5,7 @@ the model (a Normalization layer adapted on the training split), so clients send
 measurements, by position or by feature name. Held-out accuracy goes into the metadata; like the
 digits model, the weights differ from one CPU to another, the split does not.
 
-    python scripts/train_iris.py --version 1
+    python files/models/train_iris.py --version 1
 """
 
 from __future__ import annotations

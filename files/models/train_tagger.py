@@ -10,7 +10,7 @@ model takes raw strings: a
 is its first layer, then an embedding, two 1-D convolutions and a softmax over the tags per
 token.
 
-    python scripts/train_tagger.py --version 1
+    python files/models/train_tagger.py --version 1
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from inference.release import MODEL_FILE, TextSpec, write_release_metadata
 TAGS = ["O", "PER", "LOC", "ORG", "NUM"]
 SEQUENCE_LENGTH = 24
 SPEC = TextSpec(lowercase=True, sequence_length=SEQUENCE_LENGTH, max_chars=2000)
+TRAIN_SIZE, HELDOUT_SIZE = 4000, 400
 
 PEOPLE = [
     "alice",
@@ -213,12 +214,26 @@ def encode_tags(rows: list) -> np.ndarray:
     return out
 
 
+def scores(predicted: np.ndarray, rows: list) -> tuple[float, float]:
+    """Token accuracy and entity-token accuracy of per-token scores ``[N, SEQUENCE_LENGTH, tags]``
+    against the rows' tags."""
+    right = total = entities = entities_right = 0
+    for row, (_, tags) in zip(predicted.argmax(axis=-1), rows, strict=True):
+        for i, tag in enumerate(tags[:SEQUENCE_LENGTH]):
+            total += 1
+            right += int(TAGS[row[i]] == tag)
+            if tag != "O":
+                entities += 1
+                entities_right += int(TAGS[row[i]] == tag)
+    return right / total, entities_right / entities
+
+
 def main() -> int:
     args = release_args(__doc__, "tagger", epochs=20)
 
     keras, tf = seeded_keras(args.seed)
 
-    train, test = dataset(args.seed, count=4000, heldout=400)
+    train, test = dataset(args.seed, count=TRAIN_SIZE, heldout=HELDOUT_SIZE)
     vocabulary = sorted({w for text, _ in train for w in SPEC.tokens(text)})  # before drop_words
     model = keras.Sequential(
         [
@@ -245,16 +260,7 @@ def main() -> int:
     model.fit(x_train, encode_tags(train), epochs=args.epochs, batch_size=32, verbose=0)
 
     x_test = np.array([text for text, _ in test], dtype=object)
-    predicted = model.predict(x_test, verbose=0).argmax(axis=-1)
-    right = total = entities = entities_right = 0
-    for row, (_, tags) in zip(predicted, test, strict=True):
-        for i, tag in enumerate(tags[:SEQUENCE_LENGTH]):
-            total += 1
-            right += int(TAGS[row[i]] == tag)
-            if tag != "O":
-                entities += 1
-                entities_right += int(TAGS[row[i]] == tag)
-    accuracy, entity_accuracy = round(right / total, 4), round(entities_right / entities, 4)
+    accuracy, entity_accuracy = (round(a, 4) for a in scores(model.predict(x_test, verbose=0), test))
 
     release_dir = args.out / args.version
     release_dir.mkdir(parents=True, exist_ok=True)

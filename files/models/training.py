@@ -1,6 +1,6 @@
 """What the demo models' build scripts share: their command line, a seeded single-threaded Keras
-and the digest of the weights a run produced. Imported by the scripts beside it (Python puts a
-script's own folder first on its path)."""
+and the digest of the weights a run produced. Imported by the scripts beside it, which sit beside
+the models they build (Python puts a script's own folder first on its path)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from types import ModuleType
 
 import numpy as np
 
-MODELS = Path(__file__).resolve().parents[1] / "files" / "models"
+MODELS = Path(__file__).resolve().parent
 
 
 def release_args(doc: str, name: str, epochs: int | None = None) -> argparse.Namespace:

@@ -1,0 +1,32 @@
+"""What the app's tests share besides fixtures (those stay in conftest.py): the repository's
+paths, payload helpers, model folders laid out as hosts have them, and a real uWSGI.
+
+Importable as ``helpers`` (the root pyproject's pytest ``pythonpath`` has app/tests)."""
+
+from __future__ import annotations
+
+from .formats import counter, encode
+from .models import KINDS, build_models_dir, kinds_dir, load_training_script
+from .paths import APP_DIR, BASE_INI, IRIS_DIR, MODEL_DIR, ROOT, SAMPLES, SAMPLES_INVERTED
+from .uwsgi import free_port, serve_uwsgi, uwsgi_binary, uwsgi_command, wait_ready
+
+__all__ = [
+    "APP_DIR",
+    "BASE_INI",
+    "IRIS_DIR",
+    "KINDS",
+    "MODEL_DIR",
+    "ROOT",
+    "SAMPLES",
+    "SAMPLES_INVERTED",
+    "build_models_dir",
+    "counter",
+    "encode",
+    "free_port",
+    "kinds_dir",
+    "load_training_script",
+    "serve_uwsgi",
+    "uwsgi_binary",
+    "uwsgi_command",
+    "wait_ready",
+]

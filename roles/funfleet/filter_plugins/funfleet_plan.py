@@ -1,0 +1,277 @@
+"""The fleet plan: what one host needs from the inventory, worked out in one place.
+
+``hostvars | funfleet_plan(groups, inventory_hostname, settings)`` answers, for one host, its
+kinds (app host, balancer, monitoring host), whether it is the edge, its GPU count (from the
+nvidia role's persistent local fact, never assumed), its workers, its firewall rules, the
+balancers' backends, the monitoring hosts' scrape targets, and every role parameter the plays
+pass (``params``: ``uwsgi_processes``, ``nginx_limit_req_rate``, ``lb_backends``, ...).
+
+The one rule for a role parameter: a value the inventory (or ``-e``) sets for this host wins;
+otherwise the plan derives it from the ``funfleet_*`` settings. ``hostvars[host]`` holds what
+the inventory, facts and ``-e`` say of a host but no play variables, so the plan can tell an
+operator's ``lb_next_upstream_tries: 3`` in group_vars from its own wiring. Values derived from
+a parameter follow its effective value (the exporter scrapes the ``nginx_status_listen`` the
+host's nginx really has; the drain threshold is the balancers' real tries).
+
+Each host works out only its own plan: an app host reads the balancers' and monitoring hosts'
+addresses, a balancer the app hosts', so the work per host stays flat as the fleet grows.
+Pure Python over mappings, tested on inventories by tests/test_fleet_plan.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+try:
+    from ansible.errors import AnsibleFilterError
+except ImportError:  # pragma: no cover - the tests run with ansible installed
+
+    class AnsibleFilterError(Exception):  # type: ignore[no-redef]
+        pass
+
+
+# The funfleet_* settings the plan reads (roles/funfleet/defaults/main.yml), without the prefix.
+SETTINGS = (
+    "lb_group",
+    "app_group",
+    "monitoring_group",
+    "monitoring_networks",
+    "root",
+    "service",
+    "user",
+    "group",
+    "socket",
+    "drain_file",
+    "drain_timeout",
+    "app_firewall",
+    "lb_firewall",
+    "lb_tries",
+    "node_exporter_port",
+    "nginx_exporter_port",
+    "prometheus_port",
+    "https_port",
+    "nginx_status_listen",
+    "edge_request_rate",
+    "edge_request_burst",
+    "edge_connections",
+    "edge_retry_after",
+    "request_body_mb",
+    "request_line_kb",
+    "request_headers_kb",
+    "workers_per_gpu",
+    "worker_memory_mb",
+    "memory_reserved_mb",
+)
+
+Vars = Mapping[str, Any]
+
+
+def address(name: str, hv: Vars) -> str:
+    """Where the other fleet hosts reach this one (the funfleet role sets it on every host)."""
+    for key in ("funfleet_host_address", "funfleet_address"):
+        if hv.get(key):
+            return str(hv[key])
+    ipv4 = hv.get("ansible_facts", {}).get("default_ipv4") or {}
+    if ipv4.get("address"):
+        return str(ipv4["address"])
+    return str(hv["ansible_host"]) if "ansible_host" in hv else name
+
+
+def gpu_count(name: str, hv: Vars) -> int:
+    """The GPUs the nvidia role's local fact (ansible_local.nvidia_gpu) found on an app host."""
+    local = hv.get("ansible_facts", {}).get("ansible_local") or {}
+    if "nvidia_gpu" not in local:
+        raise AnsibleFilterError(
+            f"{name}: no GPU fact (ansible_local.nvidia_gpu). The plays install it before the plan "
+            "(playbooks/facts.yml runs the nvidia role's fact.yml on every app host, under every tag); "
+            "a play of your own must do the same rather than assume the host has no GPU."
+        )
+    try:
+        return int(local["nvidia_gpu"]["count"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AnsibleFilterError(f"{name}: the GPU fact has no usable count: {local['nvidia_gpu']!r}") from exc
+
+
+def cpu_workers(facts: Vars, s: Vars) -> int:
+    """One worker per core, no more than fit in memory, at least one."""
+    cores = int(facts.get("processor_vcpus") or facts.get("processor_cores") or 1)
+    fit = (int(facts.get("memtotal_mb", 0)) - int(s["memory_reserved_mb"])) // int(s["worker_memory_mb"])
+    return max(1, min(cores, fit))
+
+
+def serves_tls(hv: Vars) -> bool:
+    return any(key in hv and hv[key] for key in ("nginx_tls_certificate", "nginx_tls_certificate_content"))
+
+
+def header_buffers(s: Vars, edge: bool) -> str:
+    """The edge holds the fleet's limits; an app host behind balancers takes twice the buffers and
+    1 KiB more a line (the balancer adds X-Forwarded-*, X-Real-IP and X-Request-Id, and re-sends a
+    bare-LF header line "a:" as "a: " with CRLF), so nothing the edge passed is refused further in."""
+    line, headers = int(s["request_line_kb"]), int(s["request_headers_kb"])
+    return f"{headers // line * (1 if edge else 2)} {line + (0 if edge else 1)}k"
+
+
+class _Plan:
+    """One host's plan, worked out kind by kind (app host, balancer, monitoring host)."""
+
+    def __init__(self, hostvars: Mapping[str, Vars], groups: Mapping[str, list], host: str, settings: Vars) -> None:
+        s = self.s = dict(settings)
+        missing = [key for key in SETTINGS if key not in s]
+        if missing:
+            raise AnsibleFilterError(f"funfleet_plan: settings missing: {', '.join(missing)}")
+        self.hostvars, self.host, self.hv = hostvars, host, hostvars[host]
+        self.lbs, self.apps, self.monitors = (
+            list(groups.get(s[group]) or []) for group in ("lb_group", "app_group", "monitoring_group")
+        )
+        self.kinds = [
+            k for k, hosts in (("app", self.apps), ("lb", self.lbs), ("monitoring", self.monitors)) if host in hosts
+        ]
+        self.edge = host in self.lbs or not self.lbs
+        sources = [*s["monitoring_networks"], *(address(m, hostvars[m]) for m in self.monitors)]
+        self.monitoring_sources = list(dict.fromkeys(sources))
+        self.gpus = gpu_count(host, self.hv) if "app" in self.kinds else 0
+        self.params: dict[str, Any] = {}
+        self.firewall: list[dict] = []
+
+    def pick(self, name: str, derived: Any) -> Any:
+        """The inventory's value for this host, else the derived one; either way, the plan's."""
+        self.params[name] = self.hv.get(name, derived)
+        return self.params[name]
+
+    def drain_tries(self) -> int:
+        """The balancers' tries decide which batches a rollout may drain: the fewest any makes."""
+        tries = (int(self.hostvars[lb].get("lb_next_upstream_tries", self.s["lb_tries"])) for lb in self.lbs)
+        return min(tries, default=int(self.s["lb_tries"]))
+
+    def client_rules(self) -> list[dict]:
+        rules = [{"name": "http", "port": 80, "proto": "tcp"}]
+        if serves_tls(self.hv):
+            rules.append({"name": "https", "port": self.params["nginx_https_port"], "proto": "tcp"})
+        return rules
+
+    def nginx(self) -> None:
+        s, edge = self.s, self.edge
+        self.pick("nginx_https_port", int(s["https_port"]))
+        status_listen = self.pick("nginx_status_listen", s["nginx_status_listen"])
+        self.pick("nginx_client_max_body_size", f"{int(s['request_body_mb'])}m")
+        self.pick("nginx_large_client_header_buffers", header_buffers(s, edge))
+        self.pick("nginx_ops_allow", self.monitoring_sources)
+        self.pick("nginx_limit_req_rate", int(s["edge_request_rate"]) if edge else 0)
+        self.pick("nginx_limit_req_burst", int(s["edge_request_burst"]))
+        self.pick("nginx_limit_conn", int(s["edge_connections"]) if edge else 0)
+        self.pick("nginx_limit_retry_after", int(s["edge_retry_after"]))
+        self.pick("nginx_upstream_socket", s["socket"])
+        self.pick("nginx_drain_file", s["drain_file"])
+        self.pick("nginx_drain_timeout", int(s["drain_timeout"]))
+        self.pick("exporters_node_port", int(s["node_exporter_port"]))
+        self.pick("exporters_nginx_port", int(s["nginx_exporter_port"]))
+        self.pick("exporters_nginx_scrape_uri", f"http://{status_listen}/nginx_status")
+        self.pick("exporters_gpu", self.gpus > 0)
+
+    def app(self) -> None:
+        s, gpus, root = self.s, self.gpus, self.s["root"]
+        cpu = cpu_workers(self.hv.get("ansible_facts", {}), s)
+        workers = self.pick("uwsgi_processes", gpus * int(s["workers_per_gpu"]) if gpus > 0 else cpu)
+        self.pick("uwsgi_gpu_count", gpus)
+        self.pick("python_runtime_root", root)
+        self.pick("python_runtime_flavor", "gpu" if gpus > 0 else "cpu")
+        self.pick("app_release_root", root)
+        self.pick("app_release_workers", workers)
+        self.pick("uwsgi_service_name", s["service"])
+        self.pick("uwsgi_user", s["user"])
+        self.pick("uwsgi_group", s["group"])
+        self.pick("uwsgi_socket", s["socket"])
+        self.pick("uwsgi_venv", f"{root}/venv")
+        self.pick("uwsgi_app_dir", f"{root}/current/app")
+        self.pick("uwsgi_model_dir", f"{root}/current/model")
+        self.pick("uwsgi_drain_file", s["drain_file"])
+        self.pick("uwsgi_app_max_content_length", int(s["request_body_mb"]) * 1048576)
+        if s["app_firewall"]:
+            self.firewall += list(s["app_firewall"])
+        elif self.lbs:
+            # Behind balancers: HTTP from them, and from the monitoring hosts (/metrics, /metadata).
+            balancers = [address(lb, self.hostvars[lb]) for lb in self.lbs]
+            self.firewall += [
+                {"name": "http-from-lb", "port": 80, "proto": "tcp", "from": balancers},
+                {"name": "http-from-monitoring", "port": 80, "proto": "tcp", "from": self.monitoring_sources},
+            ]
+        else:
+            self.firewall += self.client_rules()
+
+    def lb(self) -> None:
+        self.pick("lb_next_upstream_tries", int(self.s["lb_tries"]))
+        self.pick("lb_backends", {app: address(app, self.hostvars[app]) for app in self.apps})
+        self.firewall += list(self.s["lb_firewall"]) if self.s["lb_firewall"] else self.client_rules()
+
+    def exporters(self) -> None:
+        if self.monitoring_sources:
+            for name, param in (("node-exporter", "exporters_node_port"), ("nginx-exporter", "exporters_nginx_port")):
+                rule = {"name": name, "port": self.params[param], "proto": "tcp", "from": self.monitoring_sources}
+                self.firewall.append(rule)
+
+    def monitoring(self) -> None:
+        s = self.s
+        port = self.pick("monitoring_listen_port", int(s["prometheus_port"]))
+        self.pick("monitoring_node_port", int(s["node_exporter_port"]))
+        self.pick("monitoring_nginx_port", int(s["nginx_exporter_port"]))
+        self.pick("monitoring_targets", scrape_targets(self.hostvars, self.apps, self.lbs))
+        self.firewall.append(
+            {"name": "prometheus", "port": port, "proto": "tcp", "from": list(s["monitoring_networks"])}
+        )
+
+    def build(self) -> dict:
+        fleet_host = "app" in self.kinds or "lb" in self.kinds
+        if fleet_host:
+            self.nginx()
+        if "app" in self.kinds:
+            self.app()
+        if "lb" in self.kinds:
+            self.lb()
+        if fleet_host:
+            self.exporters()
+        if "monitoring" in self.kinds:
+            self.monitoring()
+        unique: list[dict] = []
+        for rule in self.firewall:
+            if rule not in unique:
+                unique.append(rule)
+        self.pick("ufw_allow", unique)
+        return {
+            "host": self.host,
+            "address": address(self.host, self.hv),
+            "kinds": self.kinds,
+            "edge": self.edge,
+            "gpu_count": self.gpus,
+            "monitored": bool(self.monitoring_sources),
+            "drain_tries": self.drain_tries(),
+            "params": self.params,
+        }
+
+
+def plan(hostvars: Mapping[str, Vars], groups: Mapping[str, list], host: str, settings: Vars) -> dict:
+    return _Plan(hostvars, groups, host, settings).build()
+
+
+def scrape_targets(hostvars: Mapping[str, Vars], apps: list[str], lbs: list[str]) -> list[dict]:
+    """Every app host and balancer; an app host that is its own edge with TLS is scraped over HTTPS."""
+    targets = [
+        {
+            "name": app,
+            "address": address(app, hostvars[app]),
+            "kind": "app",
+            "scheme": "https" if not lbs and serves_tls(hostvars[app]) else "http",
+        }
+        for app in apps
+    ]
+    targets += [{"name": lb, "address": address(lb, hostvars[lb]), "kind": "lb", "scheme": "http"} for lb in lbs]
+    return targets
+
+
+def funfleet_plan(hostvars: Mapping[str, Vars], groups: Mapping[str, list], host: str, settings: Vars) -> dict:
+    return plan(hostvars, groups, host, settings)
+
+
+class FilterModule:
+    def filters(self) -> dict[str, Callable]:
+        return {"funfleet_plan": funfleet_plan}

@@ -1,0 +1,254 @@
+"""The fleet plan (roles/funfleet/filter_plugins/funfleet_plan.py) on inventories: what each host
+gets from the funfleet_* settings and the inventory, that an inventory's role parameter always
+wins, that a GPU host is never taken for a CPU host, and that a host reads only what it needs."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+ROLE = ROOT / "roles" / "funfleet"
+_spec = importlib.util.spec_from_file_location("funfleet_plan", ROLE / "filter_plugins" / "funfleet_plan.py")
+assert _spec
+assert _spec.loader
+fp = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fp)
+
+DEFAULTS = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+SETTINGS = {key: DEFAULTS[f"funfleet_{key}"] for key in fp.SETTINGS}
+SETTINGS["socket"] = "/run/funfleet/app.sock"  # the default is a template over funfleet_service
+
+
+def host(address: str, gpus: int | None = 0, cores: int = 4, memory: int = 8192, **inventory: Any) -> dict:
+    facts: dict[str, Any] = {"processor_vcpus": cores, "memtotal_mb": memory, "default_ipv4": {"address": address}}
+    if gpus is not None:
+        facts["ansible_local"] = {"nvidia_gpu": {"count": gpus}}
+    return {"funfleet_host_address": address, "ansible_facts": facts, **inventory}
+
+
+def fleet(apps: int = 2, lbs: int = 1, monitors: int = 1, **per_host: dict) -> tuple[dict, dict]:
+    hostvars: dict[str, dict] = {}
+    groups: dict[str, list[str]] = {"app": [], "lb": [], "monitoring": []}
+    for i in range(1, apps + 1):
+        groups["app"].append(f"app{i}")
+        hostvars[f"app{i}"] = host(f"10.0.1.{i}")
+    for i in range(1, lbs + 1):
+        groups["lb"].append(f"lb{i}")
+        hostvars[f"lb{i}"] = host(f"10.0.0.{i}", gpus=None)
+    for i in range(1, monitors + 1):
+        groups["monitoring"].append(f"mon{i}")
+        hostvars[f"mon{i}"] = host(f"10.0.9.{i}", gpus=None)
+    for name, extra in per_host.items():
+        hostvars[name].update(extra)
+    return hostvars, groups
+
+
+def plan(hostvars: dict, groups: dict, name: str, **settings: Any) -> dict:
+    return fp.plan(hostvars, groups, name, {**SETTINGS, **settings})
+
+
+def test_every_setting_the_plan_reads_is_a_funfleet_default():
+    """fp.SETTINGS lists the funfleet_* settings the plan takes; each has a default and a spec."""
+    specs = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"]
+    for key in fp.SETTINGS:
+        assert f"funfleet_{key}" in DEFAULTS
+        assert f"funfleet_{key}" in specs["plan"]["options"]
+
+
+def test_a_gpu_host_gets_the_gpu_layout():
+    hostvars, groups = fleet(app1=host("10.0.1.1", gpus=4, cores=32, memory=262144))
+    p = plan(hostvars, groups, "app1")
+    assert p["gpu_count"] == 4
+    params = p["params"]
+    assert params["uwsgi_gpu_count"] == 4
+    assert params["uwsgi_processes"] == params["app_release_workers"] == 8  # funfleet_workers_per_gpu (2) x 4
+    assert params["python_runtime_flavor"] == "gpu"
+    assert params["exporters_gpu"] is True
+
+
+def test_a_cpu_host_runs_a_worker_a_core_as_memory_allows():
+    hostvars, groups = fleet(
+        app1=host("10.0.1.1", cores=16, memory=65536),
+        app2=host("10.0.1.2", cores=16, memory=4096),
+    )
+    assert plan(hostvars, groups, "app1")["params"]["uwsgi_processes"] == 16
+    assert plan(hostvars, groups, "app2")["params"]["uwsgi_processes"] == (4096 - 1024) // 768
+    hostvars["app2"]["ansible_facts"]["memtotal_mb"] = 512
+    small = plan(hostvars, groups, "app2")["params"]
+    assert small["uwsgi_processes"] == 1  # at least one
+    assert small["python_runtime_flavor"] == "cpu"
+    assert small["uwsgi_gpu_count"] == 0
+    assert small["exporters_gpu"] is False
+
+
+def test_an_app_host_without_the_gpu_fact_is_refused_not_taken_for_a_cpu_host():
+    hostvars, groups = fleet(app1=host("10.0.1.1", gpus=None))
+    with pytest.raises(fp.AnsibleFilterError, match="no GPU fact"):
+        plan(hostvars, groups, "app1")
+    # Balancers and monitoring hosts have no workers: they need no GPU fact.
+    assert plan(hostvars, groups, "lb1")["gpu_count"] == 0
+    assert plan(hostvars, groups, "mon1")["gpu_count"] == 0
+
+
+KNOBS = {
+    # Parameters a role README documents, set in the inventory, with a value unlike the plan's own.
+    "app1": {
+        "uwsgi_processes": 3,
+        "app_release_workers": 5,
+        "exporters_gpu": True,
+        "nginx_limit_req_rate": 7,
+        "nginx_large_client_header_buffers": "8 16k",
+        "nginx_status_listen": "127.0.0.1:8181",
+        "python_runtime_flavor": "gpu",
+        "ufw_allow": [{"name": "http", "port": 80, "proto": "tcp"}],
+    },
+    "lb1": {"lb_next_upstream_tries": 3, "nginx_limit_conn": 9, "lb_backends": {"x": "10.1.1.1"}},
+    "mon1": {"monitoring_listen_port": 9999, "monitoring_targets": []},
+}
+
+
+@pytest.mark.parametrize("name", sorted(KNOBS))
+def test_a_role_parameter_the_inventory_sets_wins(name):
+    hostvars, groups = fleet(**{name: KNOBS[name]})
+    params = plan(hostvars, groups, name)["params"]
+    for key, value in KNOBS[name].items():
+        assert params[key] == value, key
+
+
+def test_every_parameter_the_plan_derives_yields_to_the_inventory():
+    """Not only the listed knobs: whatever the plan derives for any kind of host, the inventory's
+    value replaces it (so a role README's variable always takes effect from group_vars)."""
+    hostvars, groups = fleet(apps=1, lbs=1, monitors=1)
+    for name in ("app1", "lb1", "mon1"):
+        derived = plan(hostvars, groups, name)["params"]
+        assert derived, name
+        sentinel = {
+            key: value + 1000 if isinstance(value, int) and not isinstance(value, bool) else f"from-inventory-{key}"
+            for key, value in derived.items()
+        }
+        overridden, groups2 = fleet(apps=1, lbs=1, monitors=1, **{name: sentinel})
+        params = plan(overridden, groups2, name)["params"]
+        assert params == sentinel, name
+
+
+def test_derived_values_follow_the_effective_parameter():
+    hostvars, groups = fleet(app1={"nginx_status_listen": "127.0.0.1:8181"})
+    params = plan(hostvars, groups, "app1")["params"]
+    assert params["exporters_nginx_scrape_uri"] == "http://127.0.0.1:8181/nginx_status"
+    hostvars, groups = fleet(app1={"uwsgi_processes": 3})
+    assert plan(hostvars, groups, "app1")["params"]["app_release_workers"] == 3
+
+
+def test_the_drain_threshold_is_the_fewest_tries_any_balancer_makes():
+    hostvars, groups = fleet(apps=4, lbs=2, lb2={"lb_next_upstream_tries": 4})
+    assert plan(hostvars, groups, "app1", lb_tries=3)["drain_tries"] == 3
+    hostvars, groups = fleet(apps=4, lbs=2, lb2={"lb_next_upstream_tries": 1})
+    assert plan(hostvars, groups, "app1")["drain_tries"] == 1
+
+
+def test_the_edge_holds_the_limits_and_the_hosts_behind_take_more():
+    hostvars, groups = fleet()
+    app, lb = plan(hostvars, groups, "app1"), plan(hostvars, groups, "lb1")
+    assert (app["edge"], lb["edge"]) == (False, True)
+    assert lb["params"]["nginx_large_client_header_buffers"] == "2 8k"
+    assert app["params"]["nginx_large_client_header_buffers"] == "4 9k"
+    assert (lb["params"]["nginx_limit_req_rate"], app["params"]["nginx_limit_req_rate"]) == (1000, 0)
+    assert (lb["params"]["nginx_limit_conn"], app["params"]["nginx_limit_conn"]) == (64, 0)
+    assert app["params"]["nginx_client_max_body_size"] == lb["params"]["nginx_client_max_body_size"] == "8m"
+    assert app["params"]["uwsgi_app_max_content_length"] == 8 * 1048576
+    # No balancer: the app host is the edge.
+    hostvars, groups = fleet(apps=1, lbs=0)
+    alone = plan(hostvars, groups, "app1")
+    assert alone["edge"] is True
+    assert alone["params"]["nginx_large_client_header_buffers"] == "2 8k"
+
+
+def test_firewall_rules_by_kind():
+    hostvars, groups = fleet(monitors=1)
+    exporters = [
+        {"name": "node-exporter", "port": 9100, "proto": "tcp", "from": ["10.0.9.1"]},
+        {"name": "nginx-exporter", "port": 9113, "proto": "tcp", "from": ["10.0.9.1"]},
+    ]
+    assert plan(hostvars, groups, "app1")["params"]["ufw_allow"] == [
+        {"name": "http-from-lb", "port": 80, "proto": "tcp", "from": ["10.0.0.1"]},
+        {"name": "http-from-monitoring", "port": 80, "proto": "tcp", "from": ["10.0.9.1"]},
+        *exporters,
+    ]
+    assert plan(hostvars, groups, "lb1")["params"]["ufw_allow"] == [
+        {"name": "http", "port": 80, "proto": "tcp"},
+        *exporters,
+    ]
+    assert plan(hostvars, groups, "mon1")["params"]["ufw_allow"] == [
+        {"name": "prometheus", "port": 9090, "proto": "tcp", "from": []}
+    ]
+    # A lone app host with a certificate serves clients HTTP and HTTPS; nothing monitors it.
+    hostvars, groups = fleet(apps=1, lbs=0, monitors=0, app1={"nginx_tls_certificate": "/etc/ssl/x.pem"})
+    assert plan(hostvars, groups, "app1")["params"]["ufw_allow"] == [
+        {"name": "http", "port": 80, "proto": "tcp"},
+        {"name": "https", "port": 443, "proto": "tcp"},
+    ]
+    assert plan(hostvars, groups, "app1")["monitored"] is False
+
+
+def test_a_host_of_two_kinds_gets_the_rules_of_both_once():
+    hostvars, groups = fleet(apps=1, lbs=1, monitors=0)
+    groups["monitoring"] = ["lb1"]
+    rules = plan(hostvars, groups, "lb1")["params"]["ufw_allow"]
+    assert [r["name"] for r in rules] == ["http", "node-exporter", "nginx-exporter", "prometheus"]
+    assert len(rules) == len({repr(r) for r in rules})
+
+
+def test_backends_and_scrape_targets():
+    hostvars, groups = fleet(apps=3, lbs=1, monitors=1)
+    assert plan(hostvars, groups, "lb1")["params"]["lb_backends"] == {
+        "app1": "10.0.1.1",
+        "app2": "10.0.1.2",
+        "app3": "10.0.1.3",
+    }
+    targets = plan(hostvars, groups, "mon1")["params"]["monitoring_targets"]
+    assert [(t["name"], t["kind"], t["scheme"]) for t in targets] == [
+        ("app1", "app", "http"),
+        ("app2", "app", "http"),
+        ("app3", "app", "http"),
+        ("lb1", "lb", "http"),
+    ]
+
+
+def test_missing_settings_are_named():
+    hostvars, groups = fleet()
+    settings = dict(SETTINGS)
+    del settings["lb_tries"]
+    with pytest.raises(fp.AnsibleFilterError, match="lb_tries"):
+        fp.plan(hostvars, groups, "app1", settings)
+
+
+class Counting(Mapping):
+    """hostvars that count which hosts' variables a plan reads."""
+
+    def __init__(self, data: dict) -> None:
+        self.data, self.read = data, set()
+
+    def __getitem__(self, name: str) -> dict:
+        self.read.add(name)
+        return self.data[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+def test_an_app_hosts_plan_reads_no_other_app_host():
+    """The work per app host stays flat as the fleet grows: it reads the balancers and monitoring
+    hosts, never the other app hosts (a balancer reads every app host, which it must)."""
+    hostvars, groups = fleet(apps=50, lbs=2, monitors=1)
+    counting = Counting(hostvars)
+    plan(counting, groups, "app7")
+    assert counting.read == {"app7", "lb1", "lb2", "mon1"}
