@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetcheck import ROOT, Load, playbook, predict, sh, wait_ready
+from fleetcheck import ROOT, Load, address, playbook, predict, sample, sh, wait_ready
 
 testinfra_hosts = ["funfleet-fleet-lb"]  # every test runs once; hosts are reached with docker exec
 
@@ -150,6 +150,85 @@ def test_steady_state_through_the_balancer():
         time.sleep(20)
     assert load.failures == [], load.summary()
     REPORT["steady state (20 s)"] = load.summary()
+
+
+# A client on the balancer host sends an upload's headers and half its body to an app host, waits
+# for "go" on stdin, sends the rest and prints the answer. The balancer may reach the app host
+# (UFW), and no balancer buffering sits between: the request is in flight on that host.
+SLOW_UPLOAD = r"""
+import json, socket, sys
+host, image = sys.argv[1], sys.stdin.buffer.read(int(sys.argv[2]))
+body = (b'--b\r\nContent-Disposition: form-data; name="image"; filename="7.png"\r\n'
+        b'Content-Type: image/png\r\n\r\n' + image + b'\r\n--b--\r\n')
+head = (f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+s = socket.create_connection((host, 80), timeout=90)
+s.sendall(head + body[: len(body) // 2])
+print("in-flight", flush=True)
+sys.stdin.readline()
+s.sendall(body[len(body) // 2 :])
+answer = b""
+while chunk := s.recv(65536):
+    answer += chunk
+status_line, _, rest = answer.partition(b"\r\n")
+headers = dict(l.split(": ", 1) for l in rest.split(b"\r\n\r\n")[0].decode().split("\r\n") if ": " in l)
+print(json.dumps({"status": int(status_line.split()[1]), "served_by": headers.get("X-Served-By")}))
+"""
+
+
+def test_a_drain_waits_for_the_request_in_flight_which_its_host_answers():
+    """The drain's wait really waits: a request in flight on the host when it is drained (an upload
+    still arriving) completes with 200 from that host, not as a retry elsewhere, and the drain
+    play returns only after it; no rescue says it went ahead all the same."""
+    app = APPS[0]
+    image = sample("7")
+    client = subprocess.Popen(
+        ["docker", "exec", "-i", LB, "python3", "-c", SLOW_UPLOAD, address(app), str(len(image))],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=False,
+    )
+    drain = None
+    try:
+        client.stdin.write(image)
+        client.stdin.flush()
+        assert client.stdout.readline().strip() == b"in-flight"
+        binary = shutil.which("ansible-playbook") or str(Path(sys.executable).with_name("ansible-playbook"))
+        inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
+        drain = subprocess.Popen(
+            [binary, "-i", str(inventory), str(ROOT / "playbooks" / "drain.yml"), "-l", app],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "ANSIBLE_ROLES_PATH": str(ROOT / "roles"), "ANSIBLE_FORCE_COLOR": "0"},
+        )
+        for _ in range(240):  # the drain file appears once the play reaches the host (bounded: 120 s)
+            if sh(app, "test", "-f", "/var/lib/funfleet/drained", check=False).returncode == 0:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError("the drain play never drained the host")
+        time.sleep(5)
+        assert drain.poll() is None, (
+            "the drain play returned while a request was still in flight:\n" + drain.stdout.read()
+        )
+        client.stdin.write(b"go\n")
+        client.stdin.close()
+        answer = json.loads(client.stdout.readline())
+        output, _ = drain.communicate(timeout=120)
+    finally:
+        client.kill()
+        if drain and drain.poll() is None:
+            drain.kill()
+    assert answer == {"status": 200, "served_by": app}
+    assert drain.returncode == 0, output[-3000:]
+    assert "FAILED - RETRYING: [" + app + "]: Wait until nginx holds no request" in output, output[-3000:]
+    assert "rescued=0" in output
+    assert lb_state()[app] == "drained"
+    undrain = playbook("undrain.yml", "-l", app)
+    assert undrain.returncode == 0, undrain.stdout[-3000:]
+    assert lb_state() == dict.fromkeys(APPS, "serving")
 
 
 def test_rolling_deploy_of_a_new_model_version_drops_nothing(releases):
