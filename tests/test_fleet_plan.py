@@ -138,11 +138,55 @@ def test_every_parameter_the_plan_derives_yields_to_the_inventory():
 
 
 def test_derived_values_follow_the_effective_parameter():
-    hostvars, groups = fleet(app1={"nginx_status_listen": "127.0.0.1:8181"})
+    """What one role owns, the others follow, whichever parameter the inventory set."""
+    hostvars, groups = fleet(
+        app1={
+            "nginx_status_listen": "127.0.0.1:8181",
+            "uwsgi_processes": 3,
+            "uwsgi_socket": "/run/other/app.sock",
+            "python_runtime_root": "/srv/runtime",
+            "app_release_root": "/srv/releases",
+            "nginx_drain_file": "/srv/drained",
+            "nginx_client_max_body_size": "16m",
+        }
+    )
     params = plan(hostvars, groups, "app1")["params"]
     assert params["exporters_nginx_scrape_uri"] == "http://127.0.0.1:8181/nginx_status"
-    hostvars, groups = fleet(app1={"uwsgi_processes": 3})
-    assert plan(hostvars, groups, "app1")["params"]["app_release_workers"] == 3
+    assert params["app_release_workers"] == 3
+    assert params["nginx_upstream_socket"] == "/run/other/app.sock"
+    assert params["uwsgi_venv"] == "/srv/runtime/venv"
+    assert (params["uwsgi_app_dir"], params["uwsgi_model_dir"]) == (
+        "/srv/releases/current/app",
+        "/srv/releases/current/model",
+    )
+    assert params["uwsgi_drain_file"] == "/srv/drained"
+    assert params["uwsgi_app_max_content_length"] == 16 * 1048576
+
+
+def test_scrape_targets_carry_each_hosts_own_ports():
+    """An exporter port set for some hosts only is scraped there, the fleet's elsewhere."""
+    hostvars, groups = fleet(apps=2, app2={"exporters_node_port": 9200, "exporters_nginx_port": 9213})
+    targets = {t["name"]: t for t in plan(hostvars, groups, "mon1")["params"]["monitoring_targets"]}
+    assert (targets["app1"]["node_port"], targets["app1"]["nginx_port"]) == (9100, 9113)
+    assert (targets["app2"]["node_port"], targets["app2"]["nginx_port"]) == (9200, 9213)
+    rules = {r["name"]: r["port"] for r in plan(hostvars, groups, "app2")["params"]["ufw_allow"]}
+    assert (rules["node-exporter"], rules["nginx-exporter"]) == (9200, 9213)
+
+
+@pytest.mark.parametrize(("size", "value"), [("8m", 8388608), ("512k", 524288), ("1G", 1073741824), ("1000", 1000)])
+def test_nginx_sizes(size, value):
+    assert fp.nginx_size(size) == value
+    assert fp.nginx_size("lots") == 0
+
+
+def test_a_gpu_fact_that_could_not_count_is_refused():
+    """The fact never fails: a host whose lspci failed and whose driver is not loaded says 0 GPUs
+    with its errors, and that is not taken for a CPU host."""
+    unread = host("10.0.1.1")
+    unread["ansible_facts"]["ansible_local"]["nvidia_gpu"] = {"count": 0, "source": "none", "errors": ["lspci failed"]}
+    hostvars, groups = fleet(app1=unread)
+    with pytest.raises(fp.AnsibleFilterError, match="could not count"):
+        plan(hostvars, groups, "app1")
 
 
 def test_the_drain_threshold_is_the_fewest_tries_any_balancer_makes():

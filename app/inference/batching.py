@@ -28,7 +28,7 @@ Call = Callable[[np.ndarray], list[np.ndarray]]
 
 
 class InFlight:
-    """Requests this worker is handling now (its threads), counted by the app's request hooks."""
+    """Requests this worker is handling now (its threads), counted by the bookkeeping layer."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -15,6 +15,7 @@ matched, so no client can grow the label set). The status is read from ``start_r
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -28,6 +29,8 @@ from .config import Settings
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+LOG = logging.getLogger(__name__)
 
 SCOPE = "funfleet.scope"  # the environ key of the request's RequestScope
 UNMATCHED = "unmatched"
@@ -128,10 +131,16 @@ class Bookkeeping:
         finally:
             try:
                 # A body declared over the limit (max_content_length, nginx's too) is refused
-                # from its header and left unread: at most the limit is ever read.
+                # from its header and left unread: at most the limit is ever read. A client that
+                # went away mid-body leaves nothing to drain.
                 if length <= self.limit:
-                    body.drain()
-                self.record(environ, scope)
+                    with contextlib.suppress(OSError):
+                        body.drain()
+                # The answer is made: a failure to count or log it costs the metric, not the answer.
+                try:
+                    self.record(environ, scope)
+                except Exception:
+                    LOG.exception("could not record the request's metrics or access line")
             finally:
                 if self.batching:
                     IN_FLIGHT.exit()

@@ -211,3 +211,20 @@ def test_an_app_that_raises_is_counted_as_the_500_the_server_answers(log_lines, 
     assert (access["status"], access["endpoint"], access["request_id"]) == (500, bookkeeping.UNMATCHED, "r-500")
     assert IN_FLIGHT() == idle
     assert logs.request_id() is None
+
+
+def test_a_failure_to_record_costs_the_metric_not_the_answer(batching_app, monkeypatch, caplog):
+    """The answer is made before the bookkeeping records it: a metrics file that cannot be written
+    is logged, and the client still gets its prediction."""
+
+    def broken(*_args, **_kwargs):
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(metrics, "observe_request", broken)
+    image = (SAMPLES / "7.png").read_bytes()
+    with caplog.at_level(logging.ERROR):
+        response = batching_app.test_client().post("/predict", data=image, content_type="image/png")
+    assert response.status_code == 200
+    assert response.get_json()["best_prediction"] == "7"
+    assert "could not record" in caplog.text
+    assert IN_FLIGHT() == 0

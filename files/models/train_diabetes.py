@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from training import release_args, seeded_keras, weights_sha256
+from training import release_args, save_keras_release, seeded_keras
 
-from inference.release import MODEL_FILE, TensorSpec, write_release_metadata
+from inference.release import TensorSpec
 
 FEATURES = ("age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6")
 
@@ -40,7 +40,7 @@ def r2(predicted: np.ndarray, truth: np.ndarray) -> float:
 def main() -> int:
     args = release_args(__doc__, "diabetes", epochs=60)
 
-    keras, tf = seeded_keras(args.seed)
+    keras, _tf = seeded_keras(args.seed)
 
     x_train, x_test, y_train, y_test = split(args.seed)
     median = float(np.median(y_train))
@@ -67,14 +67,10 @@ def main() -> int:
     heldout_r2 = round(r2(predicted, y_test), 4)
     risk_accuracy = round(float(((risk > 0.5) == (y_test > median)).mean()), 4)
 
-    release_dir = args.out / args.version
-    release_dir.mkdir(parents=True, exist_ok=True)
-    model.save(release_dir / MODEL_FILE)
-    digest = weights_sha256(model)
-    release = write_release_metadata(
-        release_dir,
+    release_dir, release = save_keras_release(
+        model,
+        args,
         name="diabetes",
-        version=args.version,
         labels=[],
         spec=TensorSpec(shape=(len(FEATURES),), dtype="float32", features=FEATURES),
         top_k=1,
@@ -86,10 +82,6 @@ def main() -> int:
             "heldout_high_risk_accuracy": risk_accuracy,
             "high_risk_threshold": median,
             "heldout_size": len(y_test),
-            "seed": args.seed,
-            "epochs": args.epochs,
-            "weights_sha256": digest,
-            "trained_with": {"tensorflow": tf.__version__, "keras": keras.__version__},
         },
     )
     summary = {"release": str(release_dir), "mae": mae, "r2": heldout_r2, "high_risk_accuracy": risk_accuracy}

@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from training import release_args, seeded_keras, weights_sha256
+from training import release_args, save_keras_release, seeded_keras
 
-from inference.release import MODEL_FILE, TensorSpec, write_release_metadata
+from inference.release import TensorSpec
 
 FEATURES = ("sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm")
 SPEC = TensorSpec(shape=(len(FEATURES),), dtype="float32", features=FEATURES)
@@ -36,7 +36,7 @@ def split(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, li
 def main() -> int:
     args = release_args(__doc__, "iris", epochs=150)
 
-    keras, tf = seeded_keras(args.seed)
+    keras, _tf = seeded_keras(args.seed)
 
     x_train, x_test, y_train, y_test, labels = split(args.seed)
     norm = keras.layers.Normalization(name="scale")
@@ -54,14 +54,10 @@ def main() -> int:
     model.fit(x_train, y_train, epochs=args.epochs, batch_size=16, verbose=0)
     accuracy = round(float((model.predict(x_test, verbose=0).argmax(axis=1) == y_test).mean()), 4)
 
-    release_dir = args.out / args.version
-    release_dir.mkdir(parents=True, exist_ok=True)
-    model.save(release_dir / MODEL_FILE)
-    digest = weights_sha256(model)
-    release = write_release_metadata(
-        release_dir,
+    release_dir, release = save_keras_release(
+        model,
+        args,
         name="iris",
-        version=args.version,
         labels=labels,
         spec=SPEC,
         top_k=3,
@@ -69,10 +65,6 @@ def main() -> int:
             "description": "Keras MLP on scikit-learn's iris measurements (cm), scaling inside the model",
             "heldout_accuracy": accuracy,
             "heldout_size": len(y_test),
-            "seed": args.seed,
-            "epochs": args.epochs,
-            "weights_sha256": digest,
-            "trained_with": {"tensorflow": tf.__version__, "keras": keras.__version__},
         },
     )
     print(json.dumps({"release": str(release_dir), "heldout_accuracy": accuracy, "sha256": release.sha256}, indent=2))

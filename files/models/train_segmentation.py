@@ -16,10 +16,10 @@ from types import ModuleType
 
 import numpy as np
 from train_digits import split
-from training import release_args, seeded_keras
+from training import release_args, save_keras_release, seeded_keras
 
 from inference.preprocess import decode_image
-from inference.release import MODEL_FILE, InputSpec, write_release_metadata
+from inference.release import InputSpec
 
 SPEC = InputSpec(height=32, width=32, color_mode="grayscale", scale=1 / 255, offset=0.0)
 LABELS = ["background", *[str(i) for i in range(10)]]
@@ -64,7 +64,7 @@ def arrays(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 def main() -> int:
     args = release_args(__doc__, "digit-segments", epochs=25)
 
-    keras, tf = seeded_keras(args.seed)
+    keras, _tf = seeded_keras(args.seed)
 
     x, target, idx_train, idx_test = arrays(args.seed)
     model = build_model(keras)
@@ -74,13 +74,11 @@ def main() -> int:
     pixel_accuracy = round(float((predicted == target[idx_test]).mean()), 4)
     iou = round(mean_iou(target[idx_test], predicted), 4)
 
-    release_dir = args.out / args.version
-    release_dir.mkdir(parents=True, exist_ok=True)
-    model.save(release_dir / MODEL_FILE)
-    write_release_metadata(
-        release_dir,
+    release_dir, _ = save_keras_release(
+        model,
+        args,
+        weights_digest=False,
         name="digit-segments",
-        version=args.version,
         labels=LABELS,
         spec=SPEC,
         top_k=3,
@@ -90,9 +88,6 @@ def main() -> int:
             "heldout_pixel_accuracy": pixel_accuracy,
             "heldout_mean_iou": iou,
             "heldout_size": len(idx_test),
-            "seed": args.seed,
-            "epochs": args.epochs,
-            "trained_with": {"tensorflow": tf.__version__, "keras": keras.__version__},
         },
     )
     print(json.dumps({"release": str(release_dir), "pixel_accuracy": pixel_accuracy, "mean_iou": iou}, indent=2))

@@ -19,9 +19,9 @@ import json
 import random
 
 import numpy as np
-from training import release_args, seeded_keras, weights_sha256
+from training import release_args, save_keras_release, seeded_keras
 
-from inference.release import MODEL_FILE, TextSpec, write_release_metadata
+from inference.release import TextSpec
 
 TAGS = ["O", "PER", "LOC", "ORG", "NUM"]
 SEQUENCE_LENGTH = 24
@@ -231,7 +231,7 @@ def scores(predicted: np.ndarray, rows: list) -> tuple[float, float]:
 def main() -> int:
     args = release_args(__doc__, "tagger", epochs=20)
 
-    keras, tf = seeded_keras(args.seed)
+    keras, _tf = seeded_keras(args.seed)
 
     train, test = dataset(args.seed, count=TRAIN_SIZE, heldout=HELDOUT_SIZE)
     vocabulary = sorted({w for text, _ in train for w in SPEC.tokens(text)})  # before drop_words
@@ -262,14 +262,10 @@ def main() -> int:
     x_test = np.array([text for text, _ in test], dtype=object)
     accuracy, entity_accuracy = (round(a, 4) for a in scores(model.predict(x_test, verbose=0), test))
 
-    release_dir = args.out / args.version
-    release_dir.mkdir(parents=True, exist_ok=True)
-    model.save(release_dir / MODEL_FILE)
-    digest = weights_sha256(model)
-    release = write_release_metadata(
-        release_dir,
+    release_dir, release = save_keras_release(
+        model,
+        args,
         name="tagger",
-        version=args.version,
         labels=TAGS,
         spec=SPEC,
         top_k=1,
@@ -279,10 +275,6 @@ def main() -> int:
             "heldout_token_accuracy": accuracy,
             "heldout_entity_accuracy": entity_accuracy,
             "heldout_size": len(test),
-            "seed": args.seed,
-            "epochs": args.epochs,
-            "weights_sha256": digest,
-            "trained_with": {"tensorflow": tf.__version__, "keras": keras.__version__},
         },
     )
     summary = {"release": str(release_dir), "token_accuracy": accuracy, "entity_accuracy": entity_accuracy}

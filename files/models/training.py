@@ -1,6 +1,7 @@
-"""What the demo models' build scripts share: their command line, a seeded single-threaded Keras
-and the digest of the weights a run produced. Imported by the scripts beside it, which sit beside
-the models they build (Python puts a script's own folder first on its path)."""
+"""What the demo models' build scripts share: their command line, a seeded single-threaded Keras,
+the digest of the weights a run produced, and saving a trained Keras model as a release.
+Imported by the scripts beside it, which sit beside the models they build (Python puts a
+script's own folder first on its path)."""
 
 from __future__ import annotations
 
@@ -46,3 +47,23 @@ def weights_sha256(model: object) -> str:
     for w in model.get_weights():
         digest.update(np.ascontiguousarray(w).tobytes())
     return digest.hexdigest()
+
+
+def save_keras_release(model: object, args: argparse.Namespace, *, weights_digest: bool = True, **metadata: object):
+    """The trained model saved as release args.out/args.version with its metadata.json: ``metadata``
+    is write_release_metadata's (name, labels, spec, top_k, extra); the seed, epochs, the weights'
+    digest and the TensorFlow and Keras it was trained with join its extra. Returns the folder and
+    the release."""
+    import keras
+    import tensorflow as tf
+
+    from inference.release import MODEL_FILE, write_release_metadata
+
+    release_dir = args.out / args.version
+    release_dir.mkdir(parents=True, exist_ok=True)
+    model.save(release_dir / MODEL_FILE)
+    extra = {**metadata.pop("extra", {}), "seed": args.seed, "epochs": args.epochs}
+    if weights_digest:
+        extra["weights_sha256"] = weights_sha256(model)
+    extra["trained_with"] = {"tensorflow": tf.__version__, "keras": keras.__version__}
+    return release_dir, write_release_metadata(release_dir, version=args.version, extra=extra, **metadata)

@@ -20,6 +20,7 @@ Pure Python over mappings, tested on inventories by tests/test_fleet_plan.py.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -87,10 +88,16 @@ def gpu_count(name: str, hv: Vars) -> int:
             "(playbooks/facts.yml runs the nvidia role's fact.yml on every app host, under every tag); "
             "a play of your own must do the same rather than assume the host has no GPU."
         )
+    fact = local["nvidia_gpu"]
     try:
-        return int(local["nvidia_gpu"]["count"])
+        count = int(fact["count"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise AnsibleFilterError(f"{name}: the GPU fact has no usable count: {local['nvidia_gpu']!r}") from exc
+        raise AnsibleFilterError(f"{name}: the GPU fact has no usable count: {fact!r}") from exc
+    # The fact never fails: a host it could not read (lspci failing, no /proc/driver/nvidia) says
+    # 0 with its errors, and 0 read that way is not a CPU host.
+    if count == 0 and (fact.get("source") == "none" or fact.get("errors")):
+        raise AnsibleFilterError(f"{name}: the GPU fact could not count the GPUs ({fact.get('errors') or 'no lspci'})")
+    return count
 
 
 def cpu_workers(facts: Vars, s: Vars) -> int:
@@ -98,6 +105,15 @@ def cpu_workers(facts: Vars, s: Vars) -> int:
     cores = int(facts.get("processor_vcpus") or facts.get("processor_cores") or 1)
     fit = (int(facts.get("memtotal_mb", 0)) - int(s["memory_reserved_mb"])) // int(s["worker_memory_mb"])
     return max(1, min(cores, fit))
+
+
+def nginx_size(value: object) -> int:
+    """Bytes in an nginx size ("8m", "512k", "1g", "1048576"); 0 where nginx sets no limit or the
+    value is not a size."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)\s*", str(value))
+    if not match:
+        return 0
+    return int(match[1]) * {"": 1, "k": 1024, "m": 1048576, "g": 1073741824}[match[2].lower()]
 
 
 def serves_tls(hv: Vars) -> bool:
@@ -161,7 +177,7 @@ class _Plan:
         self.pick("nginx_limit_req_burst", int(s["edge_request_burst"]))
         self.pick("nginx_limit_conn", int(s["edge_connections"]) if edge else 0)
         self.pick("nginx_limit_retry_after", int(s["edge_retry_after"]))
-        self.pick("nginx_upstream_socket", s["socket"])
+        self.pick("nginx_upstream_socket", s["socket"])  # an app host's follows its uwsgi_socket (app())
         self.pick("nginx_drain_file", s["drain_file"])
         self.pick("nginx_drain_timeout", int(s["drain_timeout"]))
         self.pick("exporters_node_port", int(s["node_exporter_port"]))
@@ -170,23 +186,27 @@ class _Plan:
         self.pick("exporters_gpu", self.gpus > 0)
 
     def app(self) -> None:
-        s, gpus, root = self.s, self.gpus, self.s["root"]
+        """After nginx(): what one role owns, the others follow (the socket, the roots, the drain
+        file, the body limit), whichever of them the inventory set."""
+        s, gpus = self.s, self.gpus
         cpu = cpu_workers(self.hv.get("ansible_facts", {}), s)
         workers = self.pick("uwsgi_processes", gpus * int(s["workers_per_gpu"]) if gpus > 0 else cpu)
         self.pick("uwsgi_gpu_count", gpus)
-        self.pick("python_runtime_root", root)
+        runtime_root = self.pick("python_runtime_root", s["root"])
         self.pick("python_runtime_flavor", "gpu" if gpus > 0 else "cpu")
-        self.pick("app_release_root", root)
+        release_root = self.pick("app_release_root", s["root"])
         self.pick("app_release_workers", workers)
         self.pick("uwsgi_service_name", s["service"])
         self.pick("uwsgi_user", s["user"])
         self.pick("uwsgi_group", s["group"])
-        self.pick("uwsgi_socket", s["socket"])
-        self.pick("uwsgi_venv", f"{root}/venv")
-        self.pick("uwsgi_app_dir", f"{root}/current/app")
-        self.pick("uwsgi_model_dir", f"{root}/current/model")
-        self.pick("uwsgi_drain_file", s["drain_file"])
-        self.pick("uwsgi_app_max_content_length", int(s["request_body_mb"]) * 1048576)
+        socket = self.pick("uwsgi_socket", s["socket"])
+        self.pick("nginx_upstream_socket", socket)
+        self.pick("uwsgi_venv", f"{runtime_root}/venv")
+        self.pick("uwsgi_app_dir", f"{release_root}/current/app")
+        self.pick("uwsgi_model_dir", f"{release_root}/current/model")
+        self.pick("uwsgi_drain_file", self.params["nginx_drain_file"])
+        body = nginx_size(self.params["nginx_client_max_body_size"]) or int(s["request_body_mb"]) * 1048576
+        self.pick("uwsgi_app_max_content_length", body)
         if s["app_firewall"]:
             self.firewall += list(s["app_firewall"])
         elif self.lbs:
@@ -215,7 +235,7 @@ class _Plan:
         port = self.pick("monitoring_listen_port", int(s["prometheus_port"]))
         self.pick("monitoring_node_port", int(s["node_exporter_port"]))
         self.pick("monitoring_nginx_port", int(s["nginx_exporter_port"]))
-        self.pick("monitoring_targets", scrape_targets(self.hostvars, self.apps, self.lbs))
+        self.pick("monitoring_targets", scrape_targets(self.hostvars, self.apps, self.lbs, s))
         self.firewall.append(
             {"name": "prometheus", "port": port, "proto": "tcp", "from": list(s["monitoring_networks"])}
         )
@@ -253,19 +273,25 @@ def plan(hostvars: Mapping[str, Vars], groups: Mapping[str, list], host: str, se
     return _Plan(hostvars, groups, host, settings).build()
 
 
-def scrape_targets(hostvars: Mapping[str, Vars], apps: list[str], lbs: list[str]) -> list[dict]:
-    """Every app host and balancer; an app host that is its own edge with TLS is scraped over HTTPS."""
-    targets = [
-        {
-            "name": app,
-            "address": address(app, hostvars[app]),
-            "kind": "app",
-            "scheme": "https" if not lbs and serves_tls(hostvars[app]) else "http",
+def scrape_targets(hostvars: Mapping[str, Vars], apps: list[str], lbs: list[str], s: Vars) -> list[dict]:
+    """Every app host and balancer, each with the ports its own nginx and exporters listen on (an
+    inventory's exporters_*_port or nginx_https_port for that host, else the fleet's); an app host
+    that is its own edge with TLS is scraped over HTTPS."""
+
+    def target(name: str, kind: str) -> dict:
+        hv = hostvars[name]
+        tls = kind == "app" and not lbs and serves_tls(hv)
+        return {
+            "name": name,
+            "address": address(name, hv),
+            "kind": kind,
+            "scheme": "https" if tls else "http",
+            "port": int(hv.get("nginx_https_port", s["https_port"])) if tls else 80,
+            "node_port": int(hv.get("exporters_node_port", s["node_exporter_port"])),
+            "nginx_port": int(hv.get("exporters_nginx_port", s["nginx_exporter_port"])),
         }
-        for app in apps
-    ]
-    targets += [{"name": lb, "address": address(lb, hostvars[lb]), "kind": "lb", "scheme": "http"} for lb in lbs]
-    return targets
+
+    return [target(app, "app") for app in apps] + [target(lb, "lb") for lb in lbs]
 
 
 def funfleet_plan(hostvars: Mapping[str, Vars], groups: Mapping[str, list], host: str, settings: Vars) -> dict:
