@@ -3,6 +3,9 @@ the tests share are the ``helpers`` package beside this file."""
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from helpers import MODEL_DIR, SAMPLES, SAMPLES_INVERTED, build_models_dir, kinds_dir, serve_uwsgi
+from inference import logs
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -70,3 +74,17 @@ def kinds(tmp_path_factory) -> Path:
 def kinds_server(tmp_path_factory, kinds) -> Iterator[str]:
     """A real uWSGI serving every kind's demo model."""
     yield from serve_uwsgi(tmp_path_factory, kinds)
+
+
+@pytest.fixture
+def log_lines():
+    """The JSON log lines written while the test runs, parsed."""
+    buffer = io.StringIO()
+    handler = logging.StreamHandler(buffer)
+    handler.setFormatter(logs.JsonFormatter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield lambda: [json.loads(line) for line in buffer.getvalue().splitlines()]
+    finally:
+        root.removeHandler(handler)

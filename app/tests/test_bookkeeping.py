@@ -8,13 +8,12 @@ import io
 import json
 import logging
 import sys
-from contextlib import contextmanager
 
 import pytest
-from flask import Flask, request_started
+from flask import Flask
 from werkzeug.test import EnvironBuilder
 
-from helpers import SAMPLES, counter
+from helpers import SAMPLES, counter, flask_requests
 from inference import bookkeeping, create_app, fastpath, logs, metrics
 from inference.batching import IN_FLIGHT
 from inference.bookkeeping import SCOPE, Bookkeeping, RequestScope
@@ -25,31 +24,6 @@ from inference.config import Settings
 def batching_app(models_dir) -> Flask:
     """Fast path on, and batching on: the worker counts its requests in flight."""
     return create_app({"model_dir": str(models_dir), "batching": True, "batch_timeout_micros": 1000})
-
-
-@pytest.fixture
-def log_lines():
-    buffer = io.StringIO()
-    handler = logging.StreamHandler(buffer)
-    handler.setFormatter(logs.JsonFormatter())
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield lambda: [json.loads(line) for line in buffer.getvalue().splitlines()]
-    finally:
-        root.removeHandler(handler)
-
-
-@contextmanager
-def flask_requests(app: Flask):
-    """Counts the requests Flask itself handled."""
-    seen: list[str] = []
-
-    def receiver(sender, **_extra):
-        seen.append("request")
-
-    with request_started.connected_to(receiver, app):
-        yield seen
 
 
 @pytest.fixture

@@ -5,13 +5,12 @@ body included; an error while the model runs is answered by Flask's handlers."""
 from __future__ import annotations
 
 import io
-from contextlib import contextmanager
 
 import pytest
-from flask import Flask, request_started
+from flask import Flask
 from PIL import Image
 
-from helpers import counter, encode
+from helpers import counter, encode, flask_requests
 from inference import create_app, fastpath
 from inference.batching import IN_FLIGHT, BatchTimeout
 from inference.config import Settings
@@ -21,18 +20,6 @@ from inference.config import Settings
 def flask_app(models_dir) -> Flask:
     """The same models with the fast path off: every request is Flask's."""
     return create_app({"model_dir": str(models_dir), "fast_predict": False})
-
-
-@contextmanager
-def flask_requests(app: Flask):
-    """Counts the requests Flask itself handled."""
-    seen: list[str] = []
-
-    def receiver(sender, **_extra):
-        seen.append("request")
-
-    with request_started.connected_to(receiver, app):
-        yield seen
 
 
 def form(image: bytes, filename: str = "x.png", **fields: str) -> dict:

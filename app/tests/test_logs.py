@@ -3,25 +3,7 @@
 from __future__ import annotations
 
 import io
-import json
 import logging
-
-import pytest
-
-from inference import logs
-
-
-@pytest.fixture
-def log_lines():
-    buffer = io.StringIO()
-    handler = logging.StreamHandler(buffer)
-    handler.setFormatter(logs.JsonFormatter())
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield lambda: [json.loads(line) for line in buffer.getvalue().splitlines()]
-    finally:
-        root.removeHandler(handler)
 
 
 def test_access_line_carries_the_request_id(client, samples, log_lines):

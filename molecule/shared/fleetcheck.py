@@ -64,15 +64,6 @@ def wait_ready(base: str = BASE, seconds: float = 120) -> dict:
     raise TimeoutError(f"{base}/readyz not 200 within {seconds}s (last: {last and last.status_code})")
 
 
-def counter(text: str, name: str, **labels: str) -> float:
-    for line in text.splitlines():
-        if (line.startswith(name + "{") or line.startswith(name + " ")) and all(
-            f'{k}="{v}"' in line for k, v in labels.items()
-        ):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 class Load:
     """Constant prediction load through the balancer while a block runs, bounded in requests and
     seconds. Every response that is not a 200 with the right label, and every connection error,

@@ -8,6 +8,7 @@ from __future__ import annotations
 from .formats import counter, encode
 from .models import KINDS, build_models_dir, kinds_dir, load_training_script
 from .paths import APP_DIR, BASE_INI, IRIS_DIR, MODEL_DIR, ROOT, SAMPLES, SAMPLES_INVERTED
+from .signals import flask_requests
 from .uwsgi import free_port, serve_uwsgi, uwsgi_binary, uwsgi_command, wait_ready
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "build_models_dir",
     "counter",
     "encode",
+    "flask_requests",
     "free_port",
     "kinds_dir",
     "load_training_script",

@@ -11,7 +11,8 @@ import time
 import pytest
 import requests
 
-from fleetcheck import BASE, ROOT, counter, predict, wait_ready
+from fleetcheck import BASE, ROOT, predict, wait_ready
+from helpers import counter
 
 SERVICE = "funfleet"
 
