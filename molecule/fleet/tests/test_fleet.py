@@ -152,21 +152,29 @@ def test_steady_state_through_the_balancer():
     REPORT["steady state (20 s)"] = load.summary()
 
 
-# A client on the balancer host sends an upload's headers and half its body to an app host, waits
-# for "go" on stdin, sends the rest and prints the answer. The balancer may reach the app host
-# (UFW), and no balancer buffering sits between: the request is in flight on that host.
+# A client on the balancer host sends an upload's headers and half its body to an app host, then
+# a byte every 2 s (nginx closes a body idle for client_body_timeout, 10 s) until "go" comes on
+# stdin, then the rest, and prints the answer. The balancer may reach the app host (UFW), and no
+# balancer buffering sits between: the request is in flight on that host, a slow upload.
 SLOW_UPLOAD = r"""
-import json, socket, sys
+import json, select, socket, sys
 host, image = sys.argv[1], sys.stdin.buffer.read(int(sys.argv[2]))
 body = (b'--b\r\nContent-Disposition: form-data; name="image"; filename="7.png"\r\n'
         b'Content-Type: image/png\r\n\r\n' + image + b'\r\n--b--\r\n')
 head = (f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary=b\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
 s = socket.create_connection((host, 80), timeout=90)
-s.sendall(head + body[: len(body) // 2])
+sent = len(body) // 2
+s.sendall(head + body[:sent])
 print("in-flight", flush=True)
+for _ in range(90):
+    if select.select([sys.stdin], [], [], 2)[0]:
+        break
+    if sent < len(body) - 1:
+        s.sendall(body[sent : sent + 1])
+        sent += 1
 sys.stdin.readline()
-s.sendall(body[len(body) // 2 :])
+s.sendall(body[sent:])
 answer = b""
 while chunk := s.recv(65536):
     answer += chunk
@@ -217,16 +225,16 @@ def test_a_drain_waits_for_the_request_in_flight_which_its_host_answers():
         client.stdin.close()
         answer = json.loads(client.stdout.readline())
         output, _ = drain.communicate(timeout=120)
+        assert answer == {"status": 200, "served_by": app}
+        assert drain.returncode == 0, output[-3000:]
+        assert "FAILED - RETRYING: [" + app + "]: Wait until nginx holds no request" in output, output[-3000:]
+        assert "rescued=0" in output
+        assert lb_state()[app] == "drained"
     finally:
         client.kill()
         if drain and drain.poll() is None:
             drain.kill()
-    assert answer == {"status": 200, "served_by": app}
-    assert drain.returncode == 0, output[-3000:]
-    assert "FAILED - RETRYING: [" + app + "]: Wait until nginx holds no request" in output, output[-3000:]
-    assert "rescued=0" in output
-    assert lb_state()[app] == "drained"
-    undrain = playbook("undrain.yml", "-l", app)
+        undrain = playbook("undrain.yml", "-l", app)  # whatever happened: the tests after need both hosts
     assert undrain.returncode == 0, undrain.stdout[-3000:]
     assert lb_state() == dict.fromkeys(APPS, "serving")
 
