@@ -89,7 +89,7 @@ serve-app: setup
 	  --processes $$(nproc) --http 127.0.0.1:$(PORT) --http-keepalive --module wsgi:app
 
 bench: setup
-	@scripts/bootstrap/ensure-system-packages nginx-light
+	@scripts/bootstrap/ensure-system-packages
 	$(PY) bench/bench.py
 
 clean:
