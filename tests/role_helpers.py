@@ -34,7 +34,7 @@ def ansible_playbook(*args: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
-def render(inventory: str | Path, playbook: str, out: Path) -> None:
+def render(inventory: str | Path, playbook: str, out: Path, *extra: str) -> None:
     """Run one of the tests' render playbooks locally on pretend hosts: the test-only
     funfleet_fake_facts module (tests/resolve/library/) gives them facts, none is gathered, and
     the playbook writes what the roles would under ``out``."""
@@ -44,6 +44,7 @@ def render(inventory: str | Path, playbook: str, out: Path) -> None:
         playbook,
         "-e",
         f"out={out}",
+        *extra,
         ANSIBLE_LIBRARY=str(ROOT / "tests" / "resolve" / "library"),
         ANSIBLE_GATHERING="explicit",
         ANSIBLE_FACT_CACHING="memory",

@@ -4,6 +4,7 @@ override, refusals with reasons, and the memory estimate, on the real demo relea
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import shutil
@@ -101,7 +102,10 @@ def test_memory_estimate_grows_with_each_version(iris_base):
 def test_every_framework_ships_its_own_files_and_memory():
     models = ROOT / "files" / "models"
     resolved = plugin.app_release_resolve_models(
-        [{"name": "wine", "base_path": "wine"}, {"name": "digits-onnx", "base_path": "digits-onnx"}],
+        [
+            {"name": "wine", "base_path": "wine", "allow_pickle": True},
+            {"name": "digits-onnx", "base_path": "digits-onnx"},
+        ],
         models_dir=str(models),
     )
     wine, onnx = (m["versions"][0] for m in resolved)
@@ -214,3 +218,44 @@ def test_the_plugin_needs_neither_ansible_nor_the_apps_dependencies():
     )
     out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == 594
+
+
+def test_a_pickle_is_shipped_only_where_allowed_by_name():
+    """scikit-learn's joblib file runs code when it loads: refused unless the model says allow_pickle
+    (or, for one folder, app_release_model_src_allow_pickle)."""
+    models = ROOT / "files" / "models"
+    with pytest.raises(
+        plugin.AnsibleFilterError, match=r"model wine: version 1 is a sklearn model \(model.joblib\), a pickle"
+    ):
+        plugin.app_release_resolve_models([{"name": "wine", "base_path": "wine"}], models_dir=str(models))
+    with pytest.raises(plugin.AnsibleFilterError, match="allow_pickle: true on model wine"):
+        plugin.app_release_resolve_models([], model_src=str(models / "wine" / "1"))
+    assert plugin.app_release_resolve_models([], model_src=str(models / "wine" / "1"), model_src_allow_pickle=True)
+    # Not a pickle: no setting needed.
+    assert plugin.app_release_resolve_models([{"name": "digits", "base_path": "digits"}], models_dir=str(models))
+
+
+def test_the_ledger_refuses_a_released_version_whose_sha256_changed(iris_base):
+    resolved = plugin.app_release_resolve_models(
+        [{"name": "iris", "base_path": str(iris_base), "version_policy": {"all": True}}]
+    )
+    ledger = plugin.app_release_ledger_add({}, resolved)
+    digest = resolved[0]["versions"][0]["sha256"]
+    assert ledger == {"iris": {"1": digest, "2": digest, "10": digest}}  # numeric order
+    assert plugin.app_release_ledger_conflicts(resolved, ledger) == []
+    # Version 2's model file replaced and its metadata rewritten to match: refused by the record.
+    model_file = iris_base / "2" / "model.keras"
+    model_file.write_bytes(model_file.read_bytes() + b"tampered")
+    meta = json.loads((iris_base / "2" / "metadata.json").read_text())
+    meta["sha256"] = hashlib.sha256(model_file.read_bytes()).hexdigest()
+    (iris_base / "2" / "metadata.json").write_text(json.dumps(meta))
+    again = plugin.app_release_resolve_models(
+        [{"name": "iris", "base_path": str(iris_base), "version_policy": {"all": True}}]
+    )
+    conflicts = plugin.app_release_ledger_conflicts(again, ledger)
+    assert len(conflicts) == 1
+    assert conflicts[0].startswith(
+        f"iris:2 was released with sha256 {digest}, and its metadata now says {meta['sha256']}"
+    )
+    # Recording again keeps the first record.
+    assert plugin.app_release_ledger_add(ledger, again) == ledger

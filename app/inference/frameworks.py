@@ -41,6 +41,9 @@ class Framework:
     required_files: tuple[str, ...] = ()
     # Whether its loader needs TensorFlow and Keras imported in the worker (~0.5 GB).
     needs_tensorflow: bool = False
+    # Whether loading the model file runs code from it (a pickle): the controller ships such a
+    # model only where the inventory allows it by name (allow_pickle in app_release_models).
+    runs_code_on_load: bool = False
 
 
 # Memory measured on a 2-core VM: a worker with the app alone holds about 48 MiB. TensorFlow and
@@ -71,6 +74,7 @@ FRAMEWORKS: dict[str, Framework] = {
             runtime_mb=88,
             model_base_mb=2,
             model_file_factor=4,
+            runs_code_on_load=True,
         ),
         # A PyTorch export, or any ONNX graph, run by ONNX Runtime.
         Framework(

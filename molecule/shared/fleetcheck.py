@@ -28,13 +28,26 @@ def sh(container: str, *argv: str, check: bool = True, timeout: float = 60) -> s
     return result
 
 
-def playbook(name: str, *extra: str) -> subprocess.CompletedProcess:
-    """One of the repo's playbooks against the scenario's inventory."""
+def _playbook_command(name: str, *extra: str) -> tuple[list[str], dict[str, str]]:
     inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
     binary = shutil.which("ansible-playbook") or str(Path(sys.executable).with_name("ansible-playbook"))
     env = {**os.environ, "ANSIBLE_ROLES_PATH": str(ROOT / "roles"), "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}
-    cmd = [binary, "-i", str(inventory), str(ROOT / "playbooks" / name), *extra]
+    return [binary, "-i", str(inventory), str(ROOT / "playbooks" / name), *extra], env
+
+
+def playbook(name: str, *extra: str) -> subprocess.CompletedProcess:
+    """One of the repo's playbooks against the scenario's inventory."""
+    cmd, env = _playbook_command(name, *extra)
     return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+
+
+def background_playbook(name: str, *extra: str) -> subprocess.Popen:
+    """The same, started in the background in a process group of its own (a test can Ctrl-C it as
+    a terminal does: SIGINT to the group), its output together on ``stdout``."""
+    cmd, env = _playbook_command(name, *extra)
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT, start_new_session=True
+    )
 
 
 def address(container: str) -> str:

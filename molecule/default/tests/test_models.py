@@ -143,6 +143,14 @@ def test_every_model_kind_next_to_digits_through_nginx(host, iris_base):
         {"name": "digits", "base_path": "digits"},
         {"name": "iris", "base_path": str(iris_base), "version_policy": {"latest": 1}},
     ] + [{"name": name, "base_path": name} for name in kinds]
+    # wine is a joblib pickle, which runs code when it loads: refused until the inventory allows it.
+    before = host.file("/opt/funfleet/current").linked_to
+    refused = playbook("deploy.yml", "-e", json.dumps({"app_release_models": models}))
+    words = " ".join((refused.stdout + refused.stderr).split())
+    assert refused.returncode == 2, words[-3000:]
+    assert "model wine: version 1 is a sklearn model (model.joblib), a pickle that runs code" in words
+    assert host.file("/opt/funfleet/current").linked_to == before
+    models[3]["allow_pickle"] = True
     result = playbook("deploy.yml", "-e", json.dumps({"app_release_models": models}))
     assert result.returncode == 0, result.stdout[-3000:]
     wait_ready()

@@ -103,17 +103,34 @@ def _choose(name: str, available: list[str], policy: dict) -> list[str]:
     return wanted
 
 
-def app_release_resolve_models(models: list[dict], model_src: str = "", models_dir: str = "") -> list[dict]:
+def _check_pickle(name: str, versions: list[dict], allowed: bool) -> None:
+    """A model whose file runs code when it loads (a pickle) is shipped only where allowed by name."""
+    for version in versions:
+        if frameworks.framework(version["framework"]).runs_code_on_load and not allowed:
+            raise AnsibleFilterError(
+                f"model {name}: version {version['version']} is a {version['framework']} model "
+                f"({version['model_file']}), a pickle that runs code as the service user on every host when it "
+                f"loads. Ship it only from a source you trust: allow_pickle: true on model {name} in "
+                "app_release_models (or -e app_release_model_src_allow_pickle=true with app_release_model_src)."
+            )
+
+
+def app_release_resolve_models(
+    models: list[dict], model_src: str = "", models_dir: str = "", model_src_allow_pickle: bool = False
+) -> list[dict]:
     """The models a release holds, in declared order (the first is the default), each with the
     versions its policy keeps, oldest first. ``model_src`` (one release folder) replaces the list
-    with that single model version. A relative base_path is taken under ``models_dir``."""
+    with that single model version. A relative base_path is taken under ``models_dir``. A model
+    saved as a pickle is refused unless its entry says ``allow_pickle: true``."""
     if model_src:
         try:
             with open(os.path.join(model_src, "metadata.json")) as fh:
                 name = str(json.load(fh)["name"])
         except (OSError, ValueError, KeyError) as exc:
             raise AnsibleFilterError(f"{model_src} is not a model release ({exc})") from exc
-        return [{"name": name, "versions": [_read_version(name, model_src)]}]
+        versions = [_read_version(name, model_src)]
+        _check_pickle(name, versions, bool(model_src_allow_pickle))
+        return [{"name": name, "versions": versions}]
     if not models:
         raise AnsibleFilterError("app_release_models is empty: declare at least one model")
     resolved, seen = [], set()
@@ -133,8 +150,49 @@ def app_release_resolve_models(models: list[dict], model_src: str = "", models_d
             if version["version"] != folder:
                 raise AnsibleFilterError(f"model {name}: folder {folder} holds version {version['version']}")
             versions.append(version)
+        _check_pickle(name, versions, model.get("allow_pickle") is True)
         resolved.append({"name": name, "versions": versions})
     return resolved
+
+
+def app_release_ledger_conflicts(resolved: list[dict], ledger: dict) -> list[str]:
+    """Versions whose sha256 differs from the one the ledger recorded when that version was first
+    released: a released version never changes, so its file or its metadata was changed since."""
+    return [
+        f"{model['name']}:{version['version']} was released with sha256 {ledger[model['name']][version['version']]}, "
+        f"and its metadata now says {version['sha256']} ({version['src']})"
+        for model in resolved
+        for version in model["versions"]
+        if str(version["version"]) in (ledger.get(model["name"]) or {})
+        and ledger[model["name"]][str(version["version"])] != version["sha256"]
+    ]
+
+
+def app_release_ledger_pin(resolved: list[dict], ledger: dict) -> list[dict]:
+    """The release with each version's sha256 taken from the ledger where it holds the version
+    (what every host then checks): the controller's record, not the metadata shipped beside it."""
+    return [
+        {
+            **model,
+            "versions": [
+                {**version, "sha256": (ledger.get(model["name"]) or {}).get(str(version["version"]), version["sha256"])}
+                for version in model["versions"]
+            ],
+        }
+        for model in resolved
+    ]
+
+
+def app_release_ledger_add(ledger: dict, resolved: list[dict]) -> dict:
+    """The ledger with every version of the release recorded (a version already there keeps its record)."""
+    merged = {name: dict(versions) for name, versions in (ledger or {}).items()}
+    for model in resolved:
+        for version in model["versions"]:
+            merged.setdefault(model["name"], {}).setdefault(str(version["version"]), version["sha256"])
+    return {
+        name: dict(sorted(versions.items(), key=lambda kv: frameworks.version_key(kv[0])))
+        for name, versions in sorted(merged.items())
+    }
 
 
 def app_release_model_memory_mb(resolved: list[dict]) -> int:
@@ -187,4 +245,7 @@ class FilterModule:
             "app_release_manifest": app_release_manifest,
             "app_release_files": app_release_files,
             "app_release_model_memory_mb": app_release_model_memory_mb,
+            "app_release_ledger_conflicts": app_release_ledger_conflicts,
+            "app_release_ledger_add": app_release_ledger_add,
+            "app_release_ledger_pin": app_release_ledger_pin,
         }

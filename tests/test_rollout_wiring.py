@@ -1,0 +1,86 @@
+"""The rolling plays' batch decision (playbooks/vars/fleet.yml), rendered by a real play with
+`serial`: a batch is drained only while hosts outside it are in service and the batch plus the
+hosts already out (drained by an operator or an interrupted run, or unreachable) are fewer than a
+balancer's tries; otherwise it chain-reloads in service. A host already drained restarts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from role_helpers import render
+
+SERVING = {"drained": False, "by": "", "reason": ""}
+BY_HAND = {"drained": True, "by": "operator", "reason": "disk swap"}
+LEFT_BY_A_RUN = {"drained": True, "by": "rollout", "reason": "deploy"}
+
+
+def decide(tmp: Path, states: dict[str, dict | None], tries: int = 2, batch: int = 1, lbs: int = 1) -> dict:
+    hosts = {}
+    for name, state in states.items():
+        hosts[name] = {"funfleet_plan": {"drain_tries": tries}}
+        if state is not None:  # None: the host could not be reached, so its state is unknown
+            hosts[name]["nginx_drain_state"] = state
+    inventory = {
+        "all": {
+            "vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable},
+            "children": {"app": {"hosts": hosts}, "lb": {"hosts": {f"lb{i}": {} for i in range(lbs)}}},
+        }
+    }
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "hosts.yml").write_text(yaml.safe_dump(inventory))
+    out = tmp / "out"
+    out.mkdir()
+    render(tmp / "hosts.yml", "tests/wiring/batches.yml", out, "-e", f"batch_size={batch}")
+    return {name: json.loads((out / f"{name}.json").read_text()) for name in states}
+
+
+def test_a_fleet_in_service_drains_one_host_at_a_time(tmp_path):
+    got = decide(tmp_path, {"app1": SERVING, "app2": SERVING, "app3": SERVING})
+    assert {h: (d["drain_batch"], d["reload"]) for h, d in got.items()} == dict.fromkeys(
+        ["app1", "app2", "app3"], (True, "restart")
+    )
+
+
+def test_a_host_drained_by_hand_is_counted_out_of_service(tmp_path):
+    """Two hosts, one drained by hand: the other is the only one serving, so it chain-reloads in
+    service; the drained one restarts out of rotation (and stays drained: the post_tasks)."""
+    got = decide(tmp_path, {"app1": SERVING, "app2": BY_HAND})
+    assert got["app1"] == {"drain_batch": False, "reload": "chain", "out_of_service": 1}
+    assert got["app2"]["reload"] == "restart"
+
+
+def test_a_host_left_drained_by_an_interrupted_run_or_unreachable_counts_too(tmp_path):
+    got = decide(tmp_path, {"app1": SERVING, "app2": LEFT_BY_A_RUN, "app3": None}, tries=3)
+    # app1: app2 and app3 are out, none outside the batch serves: no drain.
+    assert got["app1"] == {"drain_batch": False, "reload": "chain", "out_of_service": 2}
+    # app2 is already out of rotation: it restarts whatever the batch decision.
+    assert got["app2"]["reload"] == "restart"
+
+
+def test_hosts_out_of_service_use_up_the_balancers_tries(tmp_path):
+    """Four hosts, one drained by hand, tries 2: draining another would let a request meet two
+    drained hosts and run out of tries, so no batch is drained."""
+    got = decide(tmp_path, {"app1": SERVING, "app2": SERVING, "app3": SERVING, "app4": BY_HAND})
+    assert [got[h]["drain_batch"] for h in ("app1", "app2", "app3")] == [False, False, False]
+    got = decide(tmp_path / "3", {"app1": SERVING, "app2": SERVING, "app3": SERVING, "app4": BY_HAND}, tries=3)
+    assert [got[h]["drain_batch"] for h in ("app1", "app2", "app3")] == [True, True, True]
+
+
+def test_no_balancer_no_drain(tmp_path):
+    got = decide(tmp_path, {"app1": SERVING, "app2": SERVING}, lbs=0)
+    assert {d["reload"] for d in got.values()} == {"chain"}
+
+
+def test_a_batch_of_every_host_stays_in_service(tmp_path):
+    """serial 100%: no host outside the batch could take its requests, so none is drained and each
+    chain-reloads; with three hosts and tries 3, a batch of two is drained while the third serves."""
+    got = decide(tmp_path, {"app1": SERVING, "app2": SERVING}, batch=2)
+    assert {h: (d["drain_batch"], d["reload"]) for h, d in got.items()} == dict.fromkeys(
+        ["app1", "app2"], (False, "chain")
+    )
+    got = decide(tmp_path / "3", {"app1": SERVING, "app2": SERVING, "app3": SERVING}, tries=3, batch=2)
+    assert [got[h]["drain_batch"] for h in ("app1", "app2", "app3")] == [True, True, True]
