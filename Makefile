@@ -13,7 +13,7 @@ SCENARIOS ?= default fleet gpu online edge
 export PATH := $(abspath $(BIN)):$(PATH)
 export ANSIBLE_CONFIG := $(abspath ansible.cfg)
 
-.PHONY: help setup system-packages lint test release deploy rollback test-app test-unit test-molecule image demo demo-down serve-app bench clean
+.PHONY: help setup system-packages lint collection test release deploy rollback test-app test-unit test-molecule image demo demo-down serve-app bench clean
 
 help:
 	@echo "make demo       set everything up, deploy to a local fleet (lb + 2 app hosts), print real predictions"
@@ -21,6 +21,7 @@ help:
 	@echo "make test-app   the inference service's tests only"
 	@echo "make serve-app PORT=8000   the app under a real uWSGI on 127.0.0.1:PORT"
 	@echo "make bench      throughput benchmark (prints a table)"
+	@echo "make collection build the collection funfleet.fleet and run ansible-test sanity on it"
 	@echo "make release FROM=files/models/digits/1 VERSION=2   cut a new release version (.cache/releases/)"
 	@echo "make deploy MODEL=.cache/releases/digits/2          rolling deploy to the local fleet"
 	@echo "make rollback                                       roll the local fleet back"
@@ -42,6 +43,10 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint --profile production
+
+# The repository as the collection funfleet.fleet: build, install, ansible-test sanity.
+collection: setup
+	$(PY) scripts/collection-check
 
 test-app: setup
 	cd app && ../$(PY) -m pytest -q tests

@@ -16,7 +16,7 @@ from types import ModuleType
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-_PLUGIN = ROOT / "roles" / "app_release" / "filter_plugins" / "app_release_models.py"
+_PLUGIN = ROOT / "plugins" / "filter" / "app_release_models.py"
 _spec = importlib.util.spec_from_file_location("app_release_models", _PLUGIN)
 plugin = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(plugin)
@@ -164,7 +164,7 @@ def test_the_plugin_reads_the_apps_own_table():
         n: dataclasses.asdict(f) for n, f in frameworks.FRAMEWORKS.items()
     }
     assert plugin.frameworks.version_key("10") == frameworks.version_key("10")
-    source = (ROOT / "roles" / "app_release" / "filter_plugins" / "app_release_models.py").read_text()
+    source = (ROOT / "plugins" / "filter" / "app_release_models.py").read_text()
     for name in frameworks.FRAMEWORKS:
         assert f'"{name}"' not in source, name
     for row in frameworks.FRAMEWORKS.values():
@@ -172,7 +172,7 @@ def test_the_plugin_reads_the_apps_own_table():
 
 
 def _plugin_at(root: Path) -> ModuleType:
-    path = root / "roles" / "app_release" / "filter_plugins" / "app_release_models.py"
+    path = root / "plugins" / "filter" / "app_release_models.py"
     spec = importlib.util.spec_from_file_location(f"plugin_copy_{abs(hash(str(root)))}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -183,7 +183,7 @@ def test_a_new_framework_is_one_row_for_the_controller(tmp_path):
     """A checkout whose table has one more row: the controller resolves, ships and sizes a
     release of it with no other change."""
     checkout = tmp_path / "checkout"
-    for part in ("roles/app_release/filter_plugins/app_release_models.py", "app/inference/frameworks.py"):
+    for part in ("plugins/filter/app_release_models.py", "app/inference/frameworks.py"):
         (checkout / part).parent.mkdir(parents=True)
         shutil.copyfile(ROOT / part, checkout / part)
     table = checkout / "app" / "inference" / "frameworks.py"

@@ -1,4 +1,4 @@
-"""The fleet's operation lock as the controller reads it (roles/funfleet/filter_plugins/funfleet_lock.py):
+"""The fleet's operation lock as the controller reads it (plugins/filter/funfleet_lock.py):
 who this run is, and what a lock record found on the lock host means for it."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import yaml
 from role_helpers import ansible_playbook
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("funfleet_lock", ROOT / "roles/funfleet/filter_plugins/funfleet_lock.py")
+spec = importlib.util.spec_from_file_location("funfleet_lock", ROOT / "plugins/filter/funfleet_lock.py")
 lock = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(lock)
 

@@ -1,4 +1,4 @@
-"""The fleet plan (roles/funfleet/filter_plugins/funfleet_plan.py) on inventories: what each host
+"""The fleet plan (plugins/filter/funfleet_plan.py) on inventories: what each host
 gets from the funfleet_* settings and the inventory, that an inventory's role parameter always
 wins, that a GPU host is never taken for a CPU host, and that a host reads only what it needs."""
 
@@ -14,7 +14,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 ROLE = ROOT / "roles" / "funfleet"
-_spec = importlib.util.spec_from_file_location("funfleet_plan", ROLE / "filter_plugins" / "funfleet_plan.py")
+_spec = importlib.util.spec_from_file_location("funfleet_plan", ROOT / "plugins" / "filter" / "funfleet_plan.py")
 assert _spec
 assert _spec.loader
 fp = importlib.util.module_from_spec(_spec)

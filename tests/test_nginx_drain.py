@@ -1,4 +1,4 @@
-"""The drain file's record as the rolling plays read it (roles/nginx/filter_plugins/nginx_drain.py):
+"""The drain file's record as the rolling plays read it (plugins/filter/nginx_drain.py):
 who drained the host and why; a file without a readable record is an operator's."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import importlib.util
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("nginx_drain", ROOT / "roles/nginx/filter_plugins/nginx_drain.py")
+_spec = importlib.util.spec_from_file_location("nginx_drain", ROOT / "plugins/filter/nginx_drain.py")
 drain = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(drain)
 

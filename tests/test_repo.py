@@ -286,6 +286,7 @@ def code_corpus() -> str:
     parts = (
         "roles/",
         "playbooks/",
+        "plugins/",
         "app/",
         "molecule/",
         "tests/",

@@ -150,7 +150,7 @@ def _query_args(query: str) -> dict[str, str]:
         for pair in query.split("&"):
             if not _QUERY.fullmatch(pair):
                 raise Unserved
-            key, _, value = pair.partition("=")
+            key, _sep, value = pair.partition("=")
             if key in args:
                 raise Unserved
             args[key] = value

@@ -1,7 +1,7 @@
 """The frameworks a model release may be saved with: the one table the app and the controller read.
 
 The app reads it through the package (release.py, backends.py, runtime.py). The controller reads
-this file by path: roles/app_release/filter_plugins/app_release_models.py loads it from the
+this file by path: plugins/filter/app_release_models.py loads it from the
 checked-out repo, so that it refuses an unknown framework, finds the model file and estimates a
 worker's memory exactly as the app will, before anything is shipped. It therefore imports nothing
 but the standard library, and nothing from the package: the controller has neither the app's
@@ -130,7 +130,7 @@ def worker_memory_mb(models: Iterable[tuple[str, int]]) -> int:
     """Estimated resident memory (MiB) of one worker serving these ``(framework, model file size
     in bytes)`` pairs: the app, each framework's runtime once, and each model."""
     pairs = [(framework(name), size) for name, size in models]
-    runtimes = sum(row.runtime_mb for row in {row.name: row for row, _ in pairs}.values())
+    runtimes = sum(row.runtime_mb for row in {row.name: row for row, _size in pairs}.values())
     per_model = sum(row.model_base_mb + row.model_file_factor * size / 2**20 for row, size in pairs)
     return int(WORKER_BASE_MB + runtimes + per_model + 0.5)
 

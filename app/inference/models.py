@@ -62,7 +62,7 @@ def discover(model_dir: str | Path) -> list[Declared]:
     ]
     if not declared:
         raise ReleaseError(f"no model release under {root}")
-    names = [name for name, _ in models]
+    names = [name for name, _versions in models]
     if len(set(names)) != len(names):
         raise ReleaseError(f"a model is declared twice in {root}: {names}")
     return declared

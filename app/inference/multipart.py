@@ -29,7 +29,7 @@ _PLAIN_PARAMS = re.compile(rf"[ \t]*{_KEY}={_VALUE}(?:[ \t]*;[ \t]*{_KEY}={_VALU
 def options_header(value: str) -> tuple[str, dict[str, str]]:
     """What Werkzeug's ``parse_options_header`` returns for ``value``, by a regular expression
     when the parameters are plain, by Werkzeug's parser when they are not."""
-    head, _, rest = value.partition(";")
+    head, _sep, rest = value.partition(";")
     head = head.strip(" \t")
     if head and _PLAIN_PARAMS.fullmatch(rest):
         return head, {key.lower(): quoted or token for key, quoted, token in _PARAM.findall(rest)}

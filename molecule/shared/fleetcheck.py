@@ -31,7 +31,13 @@ def sh(container: str, *argv: str, check: bool = True, timeout: float = 60) -> s
 def _playbook_command(name: str, *extra: str) -> tuple[list[str], dict[str, str]]:
     inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
     binary = shutil.which("ansible-playbook") or str(Path(sys.executable).with_name("ansible-playbook"))
-    env = {**os.environ, "ANSIBLE_ROLES_PATH": str(ROOT / "roles"), "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}
+    env = {
+        **os.environ,
+        "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
+        "ANSIBLE_COLLECTIONS_PATH": str(ROOT / "collections"),  # this checkout's filters, as its roles
+        "ANSIBLE_FORCE_COLOR": "0",
+        "ANSIBLE_NOCOLOR": "1",
+    }
     return [binary, "-i", str(inventory), str(ROOT / "playbooks" / name), *extra], env
 
 

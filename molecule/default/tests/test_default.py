@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -49,7 +50,7 @@ def test_socket_owner_and_mode(host):
     assert "funfleet" in host.user("www-data").groups
 
 
-def test_only_nginx_listens_on_public_addresses(host):
+def test_only_nginx_and_sshd_listen_on_public_addresses(host):
     out = host.check_output("ss -Hltnp")
     public = []
     for line in out.splitlines():
@@ -57,7 +58,8 @@ def test_only_nginx_listens_on_public_addresses(host):
         addr, port = local.rsplit(":", 1)
         if addr.strip("[]") not in ("127.0.0.1", "::1") and not addr.startswith("127."):
             public.append((port, re.search(r'users:\(\("([^"]+)"', line).group(1)))
-    assert sorted(set(public)) == [("80", "nginx")]
+    # sshd is the host's own (the scenario reaches it over SSH), not the stack's.
+    assert sorted(set(public)) == [("22", "sshd"), ("80", "nginx")]
     assert "127.0.0.1:8081" in out  # stub_status, local only
 
 
@@ -66,8 +68,15 @@ def test_ufw_has_exactly_the_expected_rules(host):
     assert "Status: active" in status
     assert "Default: deny (incoming), allow (outgoing), deny (routed)" in status
     added = [line for line in host.check_output("ufw show added").splitlines() if line.startswith("ufw ")]
-    # No certificate here, so no 443: a port opens only where its service is.
-    assert added == ["ufw allow 80/tcp comment 'funfleet:http'"]
+    # No certificate here, so no 443: a port opens only where its service is. SSH from the
+    # admin networks only (the scenario's ufw_ssh_admin_networks), rate-limited.
+    assert sorted(added) == sorted(
+        [
+            "ufw allow 80/tcp comment 'funfleet:http'",
+            "ufw limit from 172.16.0.0/12 to any port 22 proto tcp comment 'funfleet:ssh-172.16.0.0/12'",
+            "ufw limit from 192.168.0.0/16 to any port 22 proto tcp comment 'funfleet:ssh-192.168.0.0/16'",
+        ]
+    )
     assert "2222" not in status  # the unmanaged rule left by prepare is gone
 
 
@@ -117,7 +126,8 @@ def test_nginx_config_is_not_world_readable(host):
 def test_uwsgi_runs_the_shared_base_ini(host):
     """The host runs the same base.ini as the app's tests, serve-app and the benchmark."""
     base = host.file("/etc/funfleet/base.ini")
-    assert base.content_string == (ROOT / "roles" / "uwsgi" / "files" / "base.ini").read_text()
+    shipped = (ROOT / "roles" / "uwsgi" / "files" / "base.ini").read_bytes()
+    assert base.sha256sum == hashlib.sha256(shipped).hexdigest()
     assert (base.user, base.group, base.mode) == ("root", SERVICE, 0o640)
     ini = host.file("/etc/funfleet/uwsgi.ini").content_string.splitlines()
     lines = [line for line in ini if "=" in line and not line.startswith(("#", ";"))]

@@ -56,7 +56,7 @@ def _playbook_pid() -> int:
     """The ansible-playbook process this filter runs under: the highest of the ancestors that run
     ansible-playbook (its workers are forks of it, with the same command line), else the parent."""
     found, pid = 0, os.getpid()
-    for _ in range(16):
+    for _level in range(16):
         if pid <= 1:
             break
         if _is_playbook(pid):

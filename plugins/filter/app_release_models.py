@@ -25,7 +25,7 @@ except ImportError:  # the unit tests import this file without Ansible's error c
 # TensorFlow nor the app's other dependencies are needed here, and the inference package (whose
 # __init__ imports Flask) is never imported.
 FRAMEWORKS_FILE = os.path.normpath(
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "app", "inference", "frameworks.py")
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "app", "inference", "frameworks.py")
 )
 
 
