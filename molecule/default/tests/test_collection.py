@@ -2,8 +2,9 @@
 scenario's: its settings, and the host over SSH as the operator's sudo user) and the built
 artifact installed with ansible-galaxy; then the
 collection's playbooks run by their full names (site, rollback, drain) and a play of the
-folder's own uses a role and a filter by theirs. Nothing of this checkout is on the path: no
-ansible.cfg, no ANSIBLE_* setting, no roles path.
+folder's own uses a role and a filter by theirs. Nothing of this checkout's Ansible content is
+on the path (no ansible.cfg, no ANSIBLE_* setting, no roles path); the models come from its
+files/models, as an operator's come from their own repository.
 
 Runs first (file order) against the host converge provisioned from the same artifact, so every
 playbook finds it as they left it.
@@ -94,26 +95,38 @@ def test_rollback_from_the_installed_collection(theirs):
     current = Path(sh(HOST, "readlink", "-f", "/opt/funfleet/current").stdout.strip()).name
     result = theirs("funfleet.fleet.rollback", "-e", f"app_release_rollback_to={current}")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert recap(result.stdout)["changed"] == 0, result.stdout
+    counts = recap(result.stdout)
+    assert counts["changed"] == counts["failed"] == 0, result.stdout
+    assert counts["ok"] > 30, counts  # lock, plan, choice, serving check: the plays ran
+    assert Path(sh(HOST, "readlink", "-f", "/opt/funfleet/current").stdout.strip()).name == current
 
 
 def test_their_own_play_uses_a_role_and_a_filter_by_full_name(theirs):
     (theirs.folder / "theirs.yml").write_text(
         """---
+- name: Gather facts, as every play of the collection starts
+  ansible.builtin.import_playbook: funfleet.fleet.facts
+
 - name: Their own play
   hosts: app
+  become: true
   gather_facts: false
-  roles:
-    - role: funfleet.fleet.funfleet
   tasks:
-    - name: Show what the plan says and what a drain record means
+    - name: Read the host's drain state with the nginx role's entry point
+      ansible.builtin.import_role:
+        name: funfleet.fleet.nginx
+        tasks_from: state
+
+    - name: Show what the plan says, the role read and the filter makes of no drain file
       ansible.builtin.debug:
-        msg: "kinds={{ funfleet_plan.kinds | join(',') }} drained={{ ([] | funfleet.fleet.nginx_drain_state).drained }}"
+        msg: >-
+          kinds={{ funfleet_plan.kinds | join(',') }} drained={{ nginx_drain_state.drained }}
+          none={{ ([] | funfleet.fleet.nginx_drain_state).drained }}
 """
     )
     result = theirs("theirs.yml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "kinds=app drained=False" in result.stdout, result.stdout
+    assert "kinds=app drained=False none=False" in " ".join(result.stdout.split()), result.stdout
 
 
 def test_drain_from_the_installed_collection_refuses_to_leave_no_host(theirs):
