@@ -116,6 +116,8 @@ def test_their_own_play_uses_a_role_and_a_filter_by_full_name(theirs):
       ansible.builtin.import_role:
         name: funfleet.fleet.nginx
         tasks_from: state
+      vars:
+        nginx_drain_file: /var/lib/funfleet/drained  # a required parameter: the caller's to give
 
     - name: Show what the plan says, the role read and the filter makes of no drain file
       ansible.builtin.debug:
