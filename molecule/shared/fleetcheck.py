@@ -90,6 +90,12 @@ class Load:
     connection the server closes under them is a failure: python-requests does not retry a POST);
     the others open a connection per request.
 
+    The threads share a paced rate (``rate`` requests a second, each thread on its own schedule),
+    as real clients send: a keep-alive connection then sits idle between requests, which is when a
+    server or balancer closing it would cost a request, and the load leaves this 2-core
+    controller's CPU to the run under test (a closed loop took both cores and tripled every
+    deploy's time). ``rate=None`` sends back to back.
+
         with Load() as load:
             ...  # deploy, kill, etc.
         assert load.failures == []
@@ -103,6 +109,7 @@ class Load:
         keepalive: int = 2,
         max_requests: int = 50_000,
         max_seconds: float = 600,
+        rate: float | None = 60,
         label: str = "7",
         model: str | None = None,
         features: dict[str, float] | None = None,
@@ -113,6 +120,7 @@ class Load:
         self.path = "/predict" + (f"?model={model}" if model else "")
         self.features = features
         self.max_requests, self.max_seconds = max_requests, max_seconds
+        self.rate = rate
         self.ok = 0
         self.failures: list[str] = []
         self.served_by: Counter[str] = Counter()
@@ -138,9 +146,12 @@ class Load:
             else {"files": {"image": ("x.png", sample(self.label))}}
         )
         headers = {} if reuse else {"Connection": "close"}
+        interval = self.threads / self.rate if self.rate else 0.0
+        due = time.monotonic()
         with requests.Session() as session:
             while time.monotonic() < deadline and self._take():
                 started = time.monotonic()
+                due = max(due, started) + interval  # a slow answer delays the next; no burst after
                 try:
                     r = session.post(f"{self.base}{self.path}", **body, headers=headers, timeout=60)
                     good = r.status_code == 200 and r.json().get("best_prediction") == self.label
@@ -156,6 +167,8 @@ class Load:
                         self.versions[r.json()["model"]["version"]] += 1
                     else:
                         self.failures.append(outcome)
+                if interval and self._stop.wait(max(0.0, due - time.monotonic())):
+                    return
 
     def __enter__(self) -> Load:
         self._started = time.monotonic()
@@ -182,7 +195,8 @@ class Load:
     def summary(self) -> str:
         return (
             f"{self.ok} ok, {len(self.failures)} failed in {self.seconds:.1f}s "
-            f"({self.keepalive} of {self.threads} clients keep-alive); "
+            f"({self.keepalive} of {self.threads} clients keep-alive, "
+            f"{f'{self.rate:g}/s paced' if self.rate else 'back to back'}); "
             f"p50 {self.percentile(0.5):.1f} ms, p99 {self.percentile(0.99):.1f} ms, max {self.percentile(1.0):.1f} ms; "
             f"served by {dict(self.served_by)}; versions {dict(self.versions)}"
         )
