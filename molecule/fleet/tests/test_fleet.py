@@ -295,25 +295,28 @@ def test_deploying_the_same_release_again_changes_nothing(releases):
 
 
 def test_release_failing_its_sha256_stops_the_rollout_before_any_drain(releases):
+    """Every app host receives and checks the release at once, while it serves: each one refuses
+    the bad sha256, so the rollout stops with no host drained, switched or restarted."""
     before = {app: release_of(app) for app in APPS}
     pids = {app: master_pid(app) for app in APPS}
     with Load() as load:
         result = playbook("deploy.yml", "-e", f"app_release_model_src={releases['broken']}")
     assert result.returncode == 2, result.stdout[-3000:]
-    first, second = APPS
     words = " ".join((result.stdout + result.stderr).split())  # failures may go to stderr
-    assert re.search(rf"Deploy of digits-3-\w+ failed on {first} ", words), words[-3000:]
     assert "Refuse a model whose sha256 does not match its metadata" in words
     assert "sha256 mismatch" in words
-    assert f"The host still serves {before[first]} and was not drained" in words
-    assert recap(result.stdout)[first][1] == 1
-    # The rollout stopped before the second batch: only the facts play touched the second host.
-    assert recap(result.stdout)[second] == (0, 0)
-    # Nothing was drained or restarted, and the shipped release is gone.
+    for app in APPS:
+        assert re.search(rf"Deploy of digits-3-\w+ failed on {app} ", words), words[-3000:]
+        assert f"The host still serves {before[app]} and was not drained" in words
+        assert recap(result.stdout)[app][1] == 1
+    assert "PLAY [Roll the release out, a batch at a time]" not in result.stdout  # never started
+    # Nothing was drained or restarted, and the shipped release is gone from every host.
     assert lb_state() == dict.fromkeys(APPS, "serving")
     assert {app: master_pid(app) for app in APPS} == pids
     assert {app: release_of(app) for app in APPS} == before
-    assert not any(r.startswith("digits-3-") for r in sh(first, "ls", "/opt/funfleet/releases").stdout.split())
+    for app in APPS:
+        shipped = sh(app, "ls", "/opt/funfleet/releases").stdout.split()
+        assert not any(r.startswith("digits-3-") for r in shipped), shipped
     assert load.failures == [], load.summary()
     REPORT["release failing its sha256"] = load.summary()
 
