@@ -1,0 +1,169 @@
+"""The nvidia role's care of a GPU host, against stand-ins on the GPU test host (no GPU here):
+the packaged nvidia-persistenced unit as Ubuntu ships it (persistence mode off), a daemon and an
+nvidia-smi faithful to the real tools' output (molecule/gpu/standins), and a local apt source of
+two versions of a package named like the driver's. Each test puts the host back as it found it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+STANDINS = ROOT / "molecule" / "gpu" / "standins"
+GPU = "funfleet-gpu-gpu1"
+testinfra_hosts = [GPU]
+UNIT = "/lib/systemd/system/nvidia-persistenced.service"
+DROPIN = "/etc/systemd/system/nvidia-persistenced.service.d/funfleet-persistence-mode.conf"
+WANTS = "/etc/systemd/system/multi-user.target.wants/nvidia-persistenced.service"
+# apt, limited to the stand-in source: the mirror's lists and packages are not touched.
+REPO = "/srv/standin-apt"
+APT = (
+    f"apt-get -o Dir::Etc::SourceList={REPO}/sources.list -o Dir::Etc::SourceParts=/dev/null"
+    f" -o Dir::State::Lists={REPO}/lists -o Dir::Cache::archives={REPO}/archives -o APT::Get::List-Cleanup=0"
+    " -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache= -y -q"
+)
+
+
+def steps(*names: str) -> subprocess.CompletedProcess:
+    inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
+    binary = shutil.which("ansible-playbook") or str(Path(sys.executable).with_name("ansible-playbook"))
+    env = {**os.environ, "ANSIBLE_ROLES_PATH": str(ROOT / "roles"), "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}
+    extra = json.dumps({"nvidia_host_steps": list(names), "nvidia_dry_run": False})
+    cmd = [binary, "-i", str(inventory), str(ROOT / "molecule/gpu/nvidia-host.yml"), "-l", GPU, "-e", extra]
+    return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+
+
+def changed(result: subprocess.CompletedProcess) -> int:
+    line = next(line for line in result.stdout.splitlines() if line.startswith(GPU) and "ok=" in line)
+    return int(re.search(r"changed=(\d+)", line)[1])
+
+
+def said(result: subprocess.CompletedProcess) -> str:
+    return " ".join((result.stdout + result.stderr).split())
+
+
+def put(source: Path, dest: str) -> None:
+    subprocess.run(["docker", "cp", str(source), f"{GPU}:{dest}"], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def standins(host) -> Iterator[None]:
+    put(STANDINS / "nvidia-smi", "/usr/bin/nvidia-smi")
+    put(STANDINS / "nvidia-persistenced", "/usr/bin/nvidia-persistenced")
+    put(STANDINS / "nvidia-persistenced.service", UNIT)
+    host.run_expect([0], "systemctl daemon-reload")
+    try:
+        yield
+    finally:
+        host.run("systemctl stop nvidia-persistenced")
+        host.run(f"rm -rf {DROPIN} {WANTS} {UNIT} /usr/bin/nvidia-smi /usr/bin/nvidia-persistenced")
+        host.run("systemctl daemon-reload")
+
+
+def persistence(host) -> str:
+    return host.check_output("nvidia-smi --query-gpu=persistence_mode --format=csv,noheader")
+
+
+def test_persistence_mode_off_is_caught_then_turned_on_and_kept(host, standins):
+    # As on a fresh Ubuntu host: udev starts the packaged unit, which turns persistence mode off.
+    host.run_expect([0], "systemctl start nvidia-persistenced")
+    assert persistence(host) == "Disabled"
+
+    caught = steps("verify")
+    assert caught.returncode == 2, caught.stdout[-3000:]
+    assert f"{GPU}: persistence mode is not enabled on 0, Tesla T4, 550.127.05, Disabled" in said(caught)
+
+    fixed = steps("persistence", "verify")
+    assert fixed.returncode == 0, fixed.stdout[-3000:]
+    assert persistence(host) == "Enabled"
+    dropin = host.file(DROPIN).content_string
+    assert "StopWhenUnneeded=false" in dropin
+    # The packaged command line (its --user) is kept, with persistence mode on instead of off.
+    assert "ExecStart=/usr/bin/nvidia-persistenced --user nvidia-persistenced --verbose --persistence-mode" in dropin
+    shown = host.check_output("systemctl show -p ExecStart nvidia-persistenced")
+    assert "--persistence-mode" in shown
+    assert "--no-persistence-mode" not in shown
+    assert host.check_output(f"readlink {WANTS}") == UNIT  # started at boot, though the packaged unit is static
+
+    again = steps("persistence", "verify")
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert changed(again) == 0, again.stdout[-3000:]
+
+    # A daemon that dies takes persistence mode with it (the stand-in, as a host where nothing
+    # else set it): verify says so; the next run starts it again.
+    host.run_expect([0], "systemctl stop nvidia-persistenced")
+    assert persistence(host) == "Disabled"
+    assert steps("verify").returncode == 2
+    restarted = steps("persistence", "verify")
+    assert restarted.returncode == 0, restarted.stdout[-3000:]
+    assert persistence(host) == "Enabled"
+
+
+def deb(host, version: str) -> str:
+    """A package named like Debian's driver metapackage, at this version, in the stand-in source."""
+    build = f"/tmp/standin-deb/nvidia-driver-{version}"
+    control = (
+        f"Package: nvidia-driver\\nVersion: {version}\\nArchitecture: all\\n"
+        "Maintainer: funfleet tests <tests@funfleet.invalid>\\nDescription: stand-in for the driver metapackage\\n"
+    )
+    host.run_expect([0], f"mkdir -p {build}/DEBIAN {REPO}/pool && printf '{control}' > {build}/DEBIAN/control")
+    path = f"{REPO}/pool/nvidia-driver_{version}_all.deb"
+    host.run_expect([0], f"dpkg-deb --build --root-owner-group {build} {path} >/dev/null")
+    return path
+
+
+def publish(host, *debs: str) -> None:
+    """The source's Packages index, written as apt-ftparchive would (the fields apt needs)."""
+    stanzas = []
+    for path in debs:
+        fields = host.check_output(f"dpkg-deb -f {path}")
+        size = host.check_output(f"stat -c %s {path}")
+        sha = host.check_output(f"sha256sum {path}").split()[0]
+        stanzas.append(f"{fields}\nFilename: pool/{Path(path).name}\nSize: {size}\nSHA256: {sha}\n")
+    host.run_expect([0], f"cat > {REPO}/Packages <<'EOF'\n" + "\n".join(stanzas) + "EOF")
+    host.run_expect([0], f"mkdir -p {REPO}/lists/partial {REPO}/archives/partial")
+    host.run_expect([0], f"echo 'deb [trusted=yes] file:{REPO} ./' > {REPO}/sources.list")
+    host.run_expect([0], f"{APT} update")
+
+
+def installed(host) -> str:
+    return host.check_output("dpkg-query -W -f='${Version}' nvidia-driver")
+
+
+def test_held_driver_packages_are_not_upgraded(host):
+    try:
+        publish(host, deb(host, "9999.1"))
+        host.run_expect([0], f"{APT} install nvidia-driver")
+        assert installed(host) == "9999.1"
+
+        held = steps("hold")
+        assert held.returncode == 0, held.stdout[-3000:]
+        assert changed(held) == 2, held.stdout[-3000:]  # the hold, and unattended-upgrades' blacklist
+        assert host.check_output("apt-mark showhold").split() == ["nvidia-driver"]
+        blacklist = host.file("/etc/apt/apt.conf.d/51funfleet-nvidia-hold").content_string
+        assert '"^nvidia-";' in blacklist
+        assert "Unattended-Upgrade::Package-Blacklist" in blacklist
+        again = steps("hold")
+        assert again.returncode == 0, again.stdout[-3000:]
+        assert changed(again) == 0, again.stdout[-3000:]
+
+        # A newer driver reaches the source: routine upgrades keep the held one.
+        publish(host, deb(host, "9999.1"), deb(host, "9999.2"))
+        host.run_expect([0], f"{APT} upgrade")
+        host.run_expect([0], f"{APT} dist-upgrade")
+        assert installed(host) == "9999.1"
+        # Without the hold the same upgrade takes it: the hold is what kept it.
+        host.run_expect([0], "apt-mark unhold nvidia-driver")
+        host.run_expect([0], f"{APT} upgrade")
+        assert installed(host) == "9999.2"
+    finally:
+        host.run("apt-mark unhold nvidia-driver; dpkg --purge nvidia-driver")
+        host.run(f"rm -rf {REPO} /tmp/standin-deb /etc/apt/apt.conf.d/51funfleet-nvidia-hold")
