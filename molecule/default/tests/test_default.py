@@ -69,12 +69,13 @@ def test_ufw_has_exactly_the_expected_rules(host):
     assert "Default: deny (incoming), allow (outgoing), deny (routed)" in status
     added = [line for line in host.check_output("ufw show added").splitlines() if line.startswith("ufw ")]
     # No certificate here, so no 443: a port opens only where its service is. SSH from the
-    # admin networks only (the scenario's ufw_ssh_admin_networks), rate-limited.
+    # admin networks only (the scenario's ufw_ssh_admin_networks), trusted: not rate-limited, so a
+    # controller without SSH multiplexing is not locked out (only "any" is, ufw_ssh_limit).
     assert sorted(added) == sorted(
         [
             "ufw allow 80/tcp comment 'funfleet:http'",
-            "ufw limit from 172.16.0.0/12 to any port 22 proto tcp comment 'funfleet:ssh-172.16.0.0/12'",
-            "ufw limit from 192.168.0.0/16 to any port 22 proto tcp comment 'funfleet:ssh-192.168.0.0/16'",
+            "ufw allow from 172.16.0.0/12 to any port 22 proto tcp comment 'funfleet:ssh-172.16.0.0/12'",
+            "ufw allow from 192.168.0.0/16 to any port 22 proto tcp comment 'funfleet:ssh-192.168.0.0/16'",
         ]
     )
     assert "2222" not in status  # the unmanaged rule left by prepare is gone
