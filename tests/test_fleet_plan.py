@@ -70,6 +70,7 @@ def test_a_gpu_host_gets_the_gpu_layout():
     assert params["uwsgi_processes"] == params["app_release_workers"] == 8  # funfleet_workers_per_gpu (2) x 4
     assert params["python_runtime_flavor"] == "gpu"
     assert params["exporters_gpu"] is True
+    assert params["exporters_gpu_count"] == 4  # what the GPU metrics compare nvidia-smi's count with
 
 
 def test_a_cpu_host_runs_a_worker_a_core_as_memory_allows():

@@ -31,13 +31,41 @@ def test_two_gpus_as_dcgm_names():
     assert f"DCGM_FI_DEV_FB_USED{{{labels0}}} 60512" in lines
     assert f"DCGM_FI_DEV_FB_FREE{{{labels1}}} 80055" in lines
     assert not any(line.startswith('DCGM_FI_DEV_GPU_UTIL{gpu="1"') for line in lines)  # [N/A]
+    assert "funfleet_gpu_count 2" in lines
+    assert not any(line.startswith("funfleet_gpu_count_provisioned ") for line in lines)  # not set here
+    assert f"DCGM_FI_DEV_ECC_SBE_VOL_TOTAL{{{labels1}}} 12" in lines
+    assert f"DCGM_FI_DEV_ECC_DBE_VOL_TOTAL{{{labels1}}} 1" in lines
+    assert f"DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS{{{labels1}}} 3" in lines
+    assert f"DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS{{{labels1}}} 1" in lines
+    assert f"DCGM_FI_DEV_ROW_REMAP_FAILURE{{{labels0}}} 0" in lines
+    assert f"DCGM_FI_DEV_ROW_REMAP_FAILURE{{{labels1}}} 1" in lines
+    assert "# TYPE DCGM_FI_DEV_ECC_DBE_VOL_TOTAL counter" in lines
+
+
+def test_xid_events_from_the_kernel_log_per_gpu():
+    """The driver's XID lines name the GPU by PCI bus (0000:86:00), nvidia-smi by 00000000:86:00.0:
+    the events land on that GPU, the last code as DCGM's gauge, every code counted; an XID of a
+    GPU nvidia-smi no longer lists (fallen off the bus) is still counted, by its bus."""
+    module = collector()
+    log = (ROOT / "tests" / "fixtures" / "nvidia-smi" / "xid-kernel.log").read_text().splitlines()
+    xids = module.read_xids(log, {})
+    assert xids == {"0:86:00": {"13": 1, "79": 1}, "0:5e:00": {"48": 1}}
+    xids = module.read_xids(["NVRM: Xid (PCI:0000:86:00): 13, pid=1, name=uwsgi, again"], xids)
+    assert xids["0:86:00"] == {"79": 1, "13": 2}  # 13 is now the last one seen
+    lines = module.render((ROOT / "tests" / "fixtures" / "nvidia-smi" / "two.csv").read_text(), xids).splitlines()
+    labels1 = 'gpu="1",UUID="GPU-7a2b4d3f-0000-1111-2222-333344445555",modelName="NVIDIA H100 80GB HBM3"'
+    assert f"DCGM_FI_DEV_XID_ERRORS{{{labels1}}} 13" in lines
+    assert f'funfleet_gpu_xid_errors_total{{{labels1},xid="79"}} 1' in lines
+    assert f'funfleet_gpu_xid_errors_total{{{labels1},xid="13"}} 2' in lines
+    assert 'funfleet_gpu_xid_errors_total{gpu="",pci_bus_id="0:5e:00",xid="48"} 1' in lines
+    assert not any(line.startswith('DCGM_FI_DEV_XID_ERRORS{gpu="0"') for line in lines)
 
 
 def test_no_nvidia_smi_reads_down(tmp_path):
     out = tmp_path / "gpu.prom"
     result = subprocess.run(
         [sys.executable, str(SCRIPT), str(out)],
-        env={"PATH": str(tmp_path)},
+        env={"PATH": str(tmp_path), "FUNFLEET_GPU_METRICS_STATE": str(tmp_path / "state")},
         capture_output=True,
         timeout=30,
         check=False,
@@ -47,3 +75,13 @@ def test_no_nvidia_smi_reads_down(tmp_path):
     assert "funfleet_gpu_metrics_up 0" in text
     assert "# TYPE DCGM_FI_DEV_GPU_TEMP gauge" in text
     assert "DCGM_FI_DEV_GPU_TEMP{" not in text
+    assert "funfleet_gpu_count" not in text.replace("# HELP funfleet_gpu_count", "").replace(
+        "# TYPE funfleet_gpu_count", ""
+    )
+
+
+def test_the_provisioned_count_is_exported_beside_the_listed_one(monkeypatch):
+    monkeypatch.setenv("FUNFLEET_GPU_PROVISIONED", "4")
+    lines = collector().render((ROOT / "tests" / "fixtures" / "nvidia-smi" / "two.csv").read_text()).splitlines()
+    assert "funfleet_gpu_count_provisioned 4" in lines
+    assert "funfleet_gpu_count 2" in lines  # FunfleetGpuMissing: 2 < 4

@@ -184,6 +184,7 @@ class _Plan:
         self.pick("exporters_nginx_port", int(s["nginx_exporter_port"]))
         self.pick("exporters_nginx_scrape_uri", f"http://{status_listen}/nginx_status")
         self.pick("exporters_gpu", self.gpus > 0)
+        self.pick("exporters_gpu_count", self.gpus)
 
     def app(self) -> None:
         """After nginx(): what one role owns, the others follow (the socket, the roots, the drain

@@ -613,7 +613,7 @@ def test_promtool_accepts_the_config_and_the_rules():
     config = sh(MONITOR, "promtool", "check", "config", "/etc/prometheus/prometheus.yml")
     assert "SUCCESS" in config.stdout + config.stderr
     rules = sh(MONITOR, "promtool", "check", "rules", "/etc/prometheus/funfleet-rules.yml")
-    assert "SUCCESS: 8 rules found" in rules.stdout + rules.stderr
+    assert "SUCCESS: 12 rules found" in rules.stdout + rules.stderr
 
 
 def test_every_fleet_host_is_a_target_and_up():
@@ -682,6 +682,43 @@ def test_a_stopped_app_fires_an_alert():
     finally:
         sh(APP, "systemctl", "start", "funfleet")
     wait_ready(LB_BASE, seconds=120)
+
+
+def test_an_xid_79_fires_the_gpu_reset_alert():
+    """The app host has no GPU: its node exporter's textfile collector serves an XID 79 count as
+    the GPU metrics collector writes it (0, then 1 a scrape later), and the real Prometheus fires
+    FunfleetGpuNeedsReset for that host and GPU with the action to take."""
+    textfile = "/var/lib/prometheus/node-exporter/funfleet_gpu_xid_test.prom"
+    series = 'funfleet_gpu_xid_errors_total{gpu="0",UUID="GPU-stand-in",modelName="Tesla T4",xid="79"}'
+
+    def write(count: int) -> None:
+        sh(
+            APP,
+            "sh",
+            "-c",
+            f"mkdir -p {Path(textfile).parent} && printf '%s\\n' '{series} {count}' > {textfile}.tmp && mv {textfile}.tmp {textfile}",
+        )
+
+    query = f'funfleet_gpu_xid_errors_total{{host="{APP}",xid="79"}}'
+    try:
+        write(0)
+        eventually(lambda: instant(query).get(APP) == 0.0, what="the XID count scraped at 0")
+        write(1)
+
+        def firing():
+            alerts = [a for a in prometheus("/api/v1/alerts")["alerts"] if a["state"] == "firing"]
+            return [
+                a
+                for a in alerts
+                if a["labels"]["alertname"] == "FunfleetGpuNeedsReset" and a["labels"].get("host") == APP
+            ]
+
+        (alert,) = eventually(firing, seconds=120, what="FunfleetGpuNeedsReset firing for the app host")
+        assert alert["labels"]["severity"] == "critical"
+        assert (alert["labels"]["gpu"], alert["labels"]["xid"]) == ("0", "79")
+        assert "Drain the host" in alert["annotations"]["description"]
+    finally:
+        sh(APP, "rm", "-f", textfile)
 
 
 def test_exporters_answer_the_monitoring_host_only():

@@ -167,3 +167,30 @@ def test_held_driver_packages_are_not_upgraded(host):
     finally:
         host.run("apt-mark unhold nvidia-driver; dpkg --purge nvidia-driver")
         host.run(f"rm -rf {REPO} /tmp/standin-deb /etc/apt/apt.conf.d/51funfleet-nvidia-hold")
+
+
+def scrape(host) -> list[str]:
+    return host.check_output(
+        "python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:9100/metrics').read().decode())\""
+    ).splitlines()
+
+
+def test_an_xid_in_the_kernel_log_is_exported_on_its_gpu(host, standins):
+    """An XID 79 line, in the driver's format, logged under the kernel's name (a container cannot
+    write the host's kernel log): the collector reads it from the journal and node exporter
+    serves it on the GPU whose PCI address it names, as DCGM's gauge and as a count; a second
+    collection does not count it again."""
+    # As node exporter serves them: labels in name order.
+    labels = 'UUID="GPU-5e7a1f3c-0b2d-4c6e-9a8f-1d2e3f4a5b6c",gpu="0",modelName="Tesla T4"'
+    host.run_expect([0], "systemctl start funfleet-gpu-metrics.service")
+    assert not any(line.startswith("DCGM_FI_DEV_XID_ERRORS{") for line in scrape(host))
+    xid = "NVRM: Xid (PCI:0000:01:00): 79, pid=2412, name=uwsgi, GPU has fallen off the bus."
+    host.run_expect([0], f"logger -t kernel -p kern.err '{xid}'")
+    for _ in range(2):
+        host.run_expect([0], "systemctl start funfleet-gpu-metrics.service")
+    lines = scrape(host)
+    assert "funfleet_gpu_metrics_up 1" in lines
+    assert "funfleet_gpu_count 1" in lines
+    assert "funfleet_gpu_count_provisioned 1" in lines  # the GPU fact's count, from the fleet plan
+    assert f"DCGM_FI_DEV_XID_ERRORS{{{labels}}} 79" in lines, [line for line in lines if "XID" in line.upper()]
+    assert f'funfleet_gpu_xid_errors_total{{{labels},xid="79"}} 1' in lines
