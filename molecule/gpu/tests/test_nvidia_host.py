@@ -175,22 +175,46 @@ def scrape(host) -> list[str]:
     ).splitlines()
 
 
+METRICS_DROPIN = "/etc/systemd/system/funfleet-gpu-metrics.service.d/test-identifier.conf"
+
+
+def xid_count(lines: list[str], series: str) -> float:
+    return next((float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(series + " ")), 0.0)
+
+
 def test_an_xid_in_the_kernel_log_is_exported_on_its_gpu(host, standins):
-    """An XID 79 line, in the driver's format, logged under the kernel's name (a container cannot
-    write the host's kernel log): the collector reads it from the journal and node exporter
-    serves it on the GPU whose PCI address it names, as DCGM's gauge and as a count; a second
-    collection does not count it again."""
+    """An XID 79 line in the driver's format: a container cannot write the host's kernel log, so
+    the collector is told (a drop-in, for this test only) to read lines logged under a test name
+    too. Node exporter serves the XID on the GPU whose PCI address it names, as DCGM's gauge and
+    as a count, once however often the collector runs; the same line logged by a user under the
+    kernel's name is not the kernel's, and counts nothing."""
     # As node exporter serves them: labels in name order.
     labels = 'UUID="GPU-5e7a1f3c-0b2d-4c6e-9a8f-1d2e3f4a5b6c",gpu="0",modelName="Tesla T4"'
-    host.run_expect([0], "systemctl start funfleet-gpu-metrics.service")
-    assert not any(line.startswith("DCGM_FI_DEV_XID_ERRORS{") for line in scrape(host))
-    xid = "NVRM: Xid (PCI:0000:01:00): 79, pid=2412, name=uwsgi, GPU has fallen off the bus."
-    host.run_expect([0], f"logger -t kernel -p kern.err '{xid}'")
-    for _ in range(2):
+    xid79 = f'funfleet_gpu_xid_errors_total{{{labels},pci_bus_id="0:01:00",xid="79"}}'
+    host.run_expect([0], f"mkdir -p {Path(METRICS_DROPIN).parent}")
+    host.run_expect(
+        [0],
+        f"printf '[Service]\\nEnvironment=FUNFLEET_GPU_METRICS_TEST_IDENTIFIER=funfleet-xid-standin\\n' > {METRICS_DROPIN}",
+    )
+    host.run_expect([0], "systemctl daemon-reload")
+    try:
         host.run_expect([0], "systemctl start funfleet-gpu-metrics.service")
-    lines = scrape(host)
+        before = xid_count(scrape(host), xid79)
+        line = "NVRM: Xid (PCI:0000:01:00): {}, pid=2412, name=uwsgi, GPU has fallen off the bus."
+        host.run_expect([0], f"logger -t funfleet-xid-standin -p kern.err '{line.format(79)}'")
+        host.run_expect([0], f"logger -t kernel -p kern.err '{line.format(48)}'")  # a user, not the kernel
+        for _ in range(2):
+            host.run_expect([0], "systemctl start funfleet-gpu-metrics.service")
+        lines = scrape(host)
+    finally:
+        host.run(f"rm -f {METRICS_DROPIN}")
+        host.run("systemctl daemon-reload")
     assert "funfleet_gpu_metrics_up 1" in lines
     assert "funfleet_gpu_count 1" in lines
     assert "funfleet_gpu_count_provisioned 1" in lines  # the GPU fact's count, from the fleet plan
-    assert f"DCGM_FI_DEV_XID_ERRORS{{{labels}}} 79" in lines, [line for line in lines if "XID" in line.upper()]
-    assert f'funfleet_gpu_xid_errors_total{{{labels},xid="79"}} 1' in lines
+    assert f"DCGM_FI_DEV_GPU_TEMP{{{labels}}} 41" in lines  # every field of the query accepted
+    assert f'DCGM_FI_DEV_XID_ERRORS{{{labels},pci_bus_id="0:01:00"}} 79' in lines, [
+        x for x in lines if "XID" in x.upper()
+    ]
+    assert xid_count(lines, xid79) == before + 1
+    assert not any('xid="48"' in x for x in lines)
