@@ -101,7 +101,12 @@ def lock_run(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
         name: {
             "ansible_connection": "local",
             "ansible_python_interpreter": sys.executable,
-            "funfleet_plan": {"params": {"nginx_drain_file": str(tmp_path / f"{name}.drained")}},
+            "funfleet_plan": {
+                "params": {
+                    "nginx_drain_file": str(tmp_path / f"{name}.drained"),
+                    "nginx_health_gate_file": str(tmp_path / f"{name}.gate"),
+                }
+            },
         }
         for name in ("app1", "app2")
     }
@@ -125,8 +130,48 @@ def test_the_plays_take_the_lock_read_the_drain_states_and_release_it(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     seen = {name: json.loads((tmp_path / "out" / f"{name}.json").read_text()) for name in ("app1", "app2")}
     assert json.loads(seen["app1"]["lock"])["operation"] == "test"  # held while the run went on
-    assert seen["app1"]["drain"] == {"drained": False, "by": "", "reason": ""}
-    assert seen["app2"]["drain"] == {"drained": True, "by": "operator", "reason": "disk swap"}
+    not_gated = {"gated": False, "gate_reason": ""}
+    assert seen["app1"]["drain"] == {"drained": False, "by": "", "reason": "", **not_gated, "out_of_rotation": False}
+    assert seen["app2"]["drain"] == {
+        "drained": True,
+        "by": "operator",
+        "reason": "disk swap",
+        **not_gated,
+        "out_of_rotation": True,
+    }
+
+
+def test_a_host_held_out_by_its_health_gate_reads_out_of_rotation(tmp_path):
+    """The GPU collector's gate file (its reasons) makes the host out of rotation for the rolling
+    plays' count, drained or not; an operator's drain keeps its record beside it."""
+    gate = {
+        "ready": False,
+        "code": "gpu_unhealthy",
+        "reasons": ["GPU 0 (0:3b:00): XID 79 (GPU has fallen off the bus), 1 this boot"],
+    }
+    (tmp_path / "app1.gate").write_text(json.dumps(gate) + "\n")
+    (tmp_path / "app2.gate").write_text(json.dumps(gate))  # no final line break
+    (tmp_path / "app2.drained").write_text('{"by": "operator", "reason": "disk swap"}')
+    result = lock_run(tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    seen = {name: json.loads((tmp_path / "out" / f"{name}.json").read_text())["drain"] for name in ("app1", "app2")}
+    reason = gate["reasons"][0]
+    assert seen["app1"] == {
+        "drained": False,
+        "by": "",
+        "reason": "",
+        "gated": True,
+        "gate_reason": reason,
+        "out_of_rotation": True,
+    }
+    assert seen["app2"] == {
+        "drained": True,
+        "by": "operator",
+        "reason": "disk swap",
+        "gated": True,
+        "gate_reason": reason,
+        "out_of_rotation": True,
+    }
     assert not (tmp_path / "operation.lock").exists()  # released at the end
 
 

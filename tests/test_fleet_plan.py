@@ -297,3 +297,25 @@ def test_an_app_hosts_plan_reads_no_other_app_host():
     counting = Counting(hostvars)
     plan(counting, groups, "app7")
     assert counting.read == {"app7", "lb1", "lb2", "mon1"}
+
+
+def test_the_gpu_health_gate_has_one_path_for_its_writer_and_its_reader():
+    """The GPU collector writes the gate, the host's nginx reads it: one path, the writer's, on a
+    GPU host even where the inventory moves it; CPU app hosts' nginx reads the setting's (no
+    writer: it never closes), balancers have none. The reset codes reach the alert too."""
+    hostvars, groups = fleet(
+        apps=3,
+        app1={"ansible_facts": {**host("10.0.1.1")["ansible_facts"], "ansible_local": {"nvidia_gpu": {"count": 2}}}},
+        app3={
+            "ansible_facts": {**host("10.0.1.3")["ansible_facts"], "ansible_local": {"nvidia_gpu": {"count": 1}}},
+            "exporters_gpu_gate_file": "/srv/health/gpu.json",
+        },
+    )
+    gpu, cpu, moved = (plan(hostvars, groups, name)["params"] for name in ("app1", "app2", "app3"))
+    default = SETTINGS["gpu_gate_file"]
+    assert (gpu["exporters_gpu_gate_file"], gpu["nginx_health_gate_file"]) == (default, default)
+    assert (cpu["exporters_gpu_gate_file"], cpu["nginx_health_gate_file"]) == ("", default)
+    assert (moved["exporters_gpu_gate_file"], moved["nginx_health_gate_file"]) == ("/srv/health/gpu.json",) * 2
+    assert plan(hostvars, groups, "lb1")["params"]["nginx_health_gate_file"] == ""
+    assert gpu["exporters_gpu_reset_xids"] == list(SETTINGS["gpu_reset_xids"])
+    assert plan(hostvars, groups, "mon1")["params"]["monitoring_gpu_xid_reset"] == list(SETTINGS["gpu_reset_xids"])

@@ -12,13 +12,38 @@ drain = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(drain)
 
 
+NOT_GATED = {"gated": False, "gate_reason": ""}
+
+
 def test_no_file_is_not_drained():
-    assert drain.nginx_drain_state([]) == {"drained": False, "by": "", "reason": ""}
+    assert drain.nginx_drain_state([]) == {
+        "drained": False,
+        "by": "",
+        "reason": "",
+        **NOT_GATED,
+        "out_of_rotation": False,
+    }
 
 
 def test_a_record_says_who_and_why():
     lines = ["drained", '{"by": "rollout", "reason": "deploy"}']
-    assert drain.nginx_drain_state(lines) == {"drained": True, "by": "rollout", "reason": "deploy"}
+    want = {"drained": True, "by": "rollout", "reason": "deploy", **NOT_GATED, "out_of_rotation": True}
+    assert drain.nginx_drain_state(lines) == want
+
+
+def test_a_health_gate_holds_the_host_out_with_its_reasons():
+    gate = '{"ready": false, "reasons": ["nvidia-smi lists 1 of the 2 GPUs provisioned", "GPU 1 (0:86:00): XID 79"]}'
+    state = drain.nginx_drain_state(["", "#gated", gate])
+    assert state == {
+        "drained": False,
+        "by": "",
+        "reason": "",
+        "gated": True,
+        "gate_reason": "nvidia-smi lists 1 of the 2 GPUs provisioned; GPU 1 (0:86:00): XID 79",
+        "out_of_rotation": True,
+    }
+    both = drain.nginx_drain_state(["drained", '{"by": "rollout", "reason": "deploy"}', "", "#gated", "garbage"])
+    assert (both["drained"], both["by"], both["gated"], both["gate_reason"]) == (True, "rollout", True, "garbage")
 
 
 def test_a_file_without_a_record_or_a_bad_one_is_an_operators():
@@ -30,4 +55,4 @@ def test_a_file_without_a_record_or_a_bad_one_is_an_operators():
 
 def test_a_record_cannot_say_the_host_is_not_drained():
     state = drain.nginx_drain_state(["drained", '{"drained": false, "by": "operator"}'])
-    assert state == {"drained": True, "by": "operator", "reason": ""}
+    assert state == {"drained": True, "by": "operator", "reason": "", **NOT_GATED, "out_of_rotation": True}

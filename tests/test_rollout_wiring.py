@@ -13,9 +13,11 @@ import yaml
 
 from role_helpers import render
 
-SERVING = {"drained": False, "by": "", "reason": ""}
-BY_HAND = {"drained": True, "by": "operator", "reason": "disk swap"}
-LEFT_BY_A_RUN = {"drained": True, "by": "rollout", "reason": "deploy"}
+UNGATED = {"gated": False, "gate_reason": ""}
+SERVING = {"drained": False, "by": "", "reason": "", **UNGATED, "out_of_rotation": False}
+BY_HAND = {"drained": True, "by": "operator", "reason": "disk swap", **UNGATED, "out_of_rotation": True}
+LEFT_BY_A_RUN = {"drained": True, "by": "rollout", "reason": "deploy", **UNGATED, "out_of_rotation": True}
+SICK_GPU = {"drained": False, "by": "", "reason": "", "gated": True, "gate_reason": "XID 79", "out_of_rotation": True}
 
 
 def decide(tmp: Path, states: dict[str, dict | None], tries: int = 2, batch: int = 1, lbs: int = 1) -> dict:
@@ -61,6 +63,16 @@ def test_a_host_left_drained_by_an_interrupted_run_or_unreachable_counts_too(tmp
     assert got["app2"]["reload"] == "restart"
 
 
+def test_a_host_held_out_by_its_health_gate_counts_out_of_service_and_restarts(tmp_path):
+    """A sick GPU's host serves nothing: the others count it out, as a host drained by hand, and it
+    restarts out of rotation (its gate, not the rollout, decides when it serves again)."""
+    got = decide(tmp_path, {"app1": SERVING, "app2": SICK_GPU})
+    assert got["app1"] == {"drain_batch": False, "reload": "chain", "out_of_service": 1}
+    assert got["app2"]["reload"] == "restart"
+    got = decide(tmp_path / "3", {"app1": SERVING, "app2": SERVING, "app3": SICK_GPU}, tries=3)
+    assert [got[h]["drain_batch"] for h in ("app1", "app2")] == [True, True]
+
+
 def test_hosts_out_of_service_use_up_the_balancers_tries(tmp_path):
     """Four hosts, one drained by hand, tries 2: draining another would let a request meet two
     drained hosts and run out of tries, so no batch is drained."""
@@ -84,3 +96,19 @@ def test_a_batch_of_every_host_stays_in_service(tmp_path):
     )
     got = decide(tmp_path / "3", {"app1": SERVING, "app2": SERVING, "app3": SERVING}, tries=3, batch=2)
     assert [got[h]["drain_batch"] for h in ("app1", "app2", "app3")] == [True, True, True]
+
+
+def test_a_conditional_drain_is_an_include_so_its_wait_for_requests_in_flight_runs():
+    """On an import_role, Ansible checks the condition again before each task of drain.yml, and
+    drain.yml's own record (drained: true) then skips its wait for the requests in flight: the
+    switch could cut them. A drain under a condition must be an include_role (checked once)."""
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for playbook in sorted((root / "playbooks").glob("*.yml")):
+        for play in yaml.safe_load(playbook.read_text()) or []:
+            for section in ("pre_tasks", "tasks", "post_tasks"):
+                for task in play.get(section) or []:
+                    imported = task.get("ansible.builtin.import_role") or {}
+                    if imported.get("tasks_from") == "drain.yml" and "when" in task:
+                        found.append(f"{playbook.name}: {task['name']}")
+    assert found == []

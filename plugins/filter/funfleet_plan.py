@@ -45,6 +45,8 @@ SETTINGS = (
     "socket",
     "drain_file",
     "drain_timeout",
+    "gpu_gate_file",
+    "gpu_reset_xids",
     "app_firewall",
     "lb_firewall",
     "lb_tries",
@@ -185,6 +187,10 @@ class _Plan:
         self.pick("exporters_nginx_scrape_uri", f"http://{status_listen}/nginx_status")
         self.pick("exporters_gpu", self.gpus > 0)
         self.pick("exporters_gpu_count", self.gpus)
+        self.pick("exporters_gpu_reset_xids", [int(code) for code in s["gpu_reset_xids"]])
+        # A GPU host's own health verdict, which its nginx reads (app()): one path, one writer.
+        self.pick("exporters_gpu_gate_file", s["gpu_gate_file"] if self.gpus > 0 else "")
+        self.pick("nginx_health_gate_file", "")
 
     def app(self) -> None:
         """After nginx(): what one role owns, the others follow (the socket, the roots, the drain
@@ -206,6 +212,7 @@ class _Plan:
         self.pick("uwsgi_app_dir", f"{release_root}/current/app")
         self.pick("uwsgi_model_dir", f"{release_root}/current/model")
         self.pick("uwsgi_drain_file", self.params["nginx_drain_file"])
+        self.pick("nginx_health_gate_file", self.params["exporters_gpu_gate_file"] or s["gpu_gate_file"])
         body = nginx_size(self.params["nginx_client_max_body_size"]) or int(s["request_body_mb"]) * 1048576
         self.pick("uwsgi_app_max_content_length", body)
         if s["app_firewall"]:
@@ -237,6 +244,7 @@ class _Plan:
         self.pick("monitoring_node_port", int(s["node_exporter_port"]))
         self.pick("monitoring_nginx_port", int(s["nginx_exporter_port"]))
         self.pick("monitoring_targets", scrape_targets(self.hostvars, self.apps, self.lbs, s))
+        self.pick("monitoring_gpu_xid_reset", [int(code) for code in s["gpu_reset_xids"]])
         self.firewall.append(
             {"name": "prometheus", "port": port, "proto": "tcp", "from": list(s["monitoring_networks"])}
         )

@@ -1,10 +1,13 @@
 """The drain file's record, as the nginx role's state entry point reads it.
 
 ``lines | nginx_drain_state`` takes the output of ``[ -e FILE ] && printf 'drained\\n' && cat FILE``
-(nothing when the host is not drained) and answers ``{drained, by, reason}``. ``by`` is
-"operator" (drain.yml) or "rollout" (a deploy's or rollback's own drain). A file that holds no
-record (written before records were kept, or damaged) is an operator's: a host someone drained
-stays drained until undrain.yml, whatever is in its file.
+(nothing when the host is not drained), then, where the host has a health gate file that exists,
+a line ``#gated`` and that file, and answers ``{drained, by, reason, gated, gate_reason,
+out_of_rotation}`` (out of rotation: drained or gated). ``by`` is "operator" (drain.yml) or
+"rollout" (a deploy's or rollback's own drain). A file that holds no record (written before
+records were kept, or damaged) is an operator's: a host someone drained stays drained until
+undrain.yml, whatever is in its file. A gated host's own health check (a sick GPU) holds it out
+until the check passes again, whatever the rollouts do.
 """
 
 from __future__ import annotations
@@ -13,9 +16,33 @@ import json
 from typing import Any
 
 NOT_DRAINED = {"drained": False, "by": "", "reason": ""}
+GATE_MARK = "#gated"
 
 
 def nginx_drain_state(lines: list[str]) -> dict[str, Any]:
+    """The drain record, and the health gate: a gated host (its own health check failed, e.g. a
+    sick GPU) is out of rotation whatever its drain file says, until the check passes again."""
+    if GATE_MARK in lines:
+        at = lines.index(GATE_MARK)
+        drain = [line for line in lines[:at] if line.strip()]
+        record = {**drain_record(drain), "gated": True, "gate_reason": gate_reason(lines[at + 1 :])}
+    else:
+        record = {**drain_record(lines), "gated": False, "gate_reason": ""}
+    return {**record, "out_of_rotation": record["drained"] or record["gated"]}
+
+
+def gate_reason(lines: list[str]) -> str:
+    text = "\n".join(lines).strip()
+    try:
+        record = json.loads(text)
+    except ValueError:
+        record = None
+    if isinstance(record, dict) and isinstance(record.get("reasons"), list):
+        return "; ".join(str(reason) for reason in record["reasons"]) or "unhealthy"
+    return text or "unhealthy"
+
+
+def drain_record(lines: list[str]) -> dict[str, Any]:
     if not lines:
         return dict(NOT_DRAINED)
     text = "\n".join(lines[1:]).strip()

@@ -613,7 +613,7 @@ def test_promtool_accepts_the_config_and_the_rules():
     config = sh(MONITOR, "promtool", "check", "config", "/etc/prometheus/prometheus.yml")
     assert "SUCCESS" in config.stdout + config.stderr
     rules = sh(MONITOR, "promtool", "check", "rules", "/etc/prometheus/funfleet-rules.yml")
-    assert "SUCCESS: 12 rules found" in rules.stdout + rules.stderr
+    assert "SUCCESS: 14 rules found" in rules.stdout + rules.stderr
 
 
 def test_every_fleet_host_is_a_target_and_up():
@@ -687,16 +687,20 @@ def test_a_stopped_app_fires_an_alert():
 def test_an_xid_79_fires_the_gpu_reset_alert():
     """The app host has no GPU: its node exporter's textfile collector serves an XID 79 count as
     the GPU metrics collector writes the first XID 79 of a boot (a series born at 1), and the real
-    Prometheus fires FunfleetGpuNeedsReset for that host and GPU with the action to take."""
+    Prometheus fires FunfleetGpuNeedsReset for that host and GPU with the action to take; and with
+    a verdict of sick but not out of rotation (the gate could not be written), FunfleetGpuGateNotApplied."""
     textfile = "/var/lib/prometheus/node-exporter/funfleet_gpu_xid_test.prom"
     series = 'funfleet_gpu_xid_errors_total{gpu="0",UUID="GPU-stand-in",modelName="Tesla T4",xid="79"}'
+    # The host's verdict as a collector whose gate file could not be written reports it.
+    verdict = "'funfleet_gpu_healthy 0' 'funfleet_gpu_out_of_rotation 0'"
 
     def write(count: int) -> None:
         sh(
             APP,
             "sh",
             "-c",
-            f"mkdir -p {Path(textfile).parent} && printf '%s\\n' '{series} {count}' > {textfile}.tmp && mv {textfile}.tmp {textfile}",
+            f"mkdir -p {Path(textfile).parent} && printf '%s\\n' '{series} {count}' {verdict} > {textfile}.tmp"
+            f" && mv {textfile}.tmp {textfile}",
         )
 
     try:
@@ -714,6 +718,16 @@ def test_an_xid_79_fires_the_gpu_reset_alert():
         assert alert["labels"]["severity"] == "critical"
         assert (alert["labels"]["gpu"], alert["labels"]["xid"]) == ("0", "79")
         assert "Drain the host" in alert["annotations"]["description"]
+
+        def gate_not_applied():
+            alerts = [a for a in prometheus("/api/v1/alerts")["alerts"] if a["state"] == "firing"]
+            return [
+                a
+                for a in alerts
+                if a["labels"]["alertname"] == "FunfleetGpuGateNotApplied" and a["labels"].get("host") == APP
+            ]
+
+        eventually(gate_not_applied, seconds=120, what="FunfleetGpuGateNotApplied firing for the app host")
     finally:
         sh(APP, "rm", "-f", textfile)
 

@@ -32,11 +32,11 @@ APT = (
 )
 
 
-def steps(*names: str) -> subprocess.CompletedProcess:
+def steps(*names: str, **extra_vars: object) -> subprocess.CompletedProcess:
     inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
     binary = shutil.which("ansible-playbook") or str(Path(sys.executable).with_name("ansible-playbook"))
     env = {**os.environ, "ANSIBLE_ROLES_PATH": str(ROOT / "roles"), "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}
-    extra = json.dumps({"nvidia_host_steps": list(names), "nvidia_dry_run": False})
+    extra = json.dumps({"nvidia_host_steps": list(names), "nvidia_dry_run": False, **extra_vars})
     cmd = [binary, "-i", str(inventory), str(ROOT / "molecule/gpu/nvidia-host.yml"), "-l", GPU, "-e", extra]
     return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
 
@@ -107,9 +107,13 @@ def test_persistence_mode_off_is_caught_then_turned_on_and_kept(host, standins):
     assert persistence(host) == "Enabled"
 
 
-def deb(host, version: str) -> str:
-    """A package named like Debian's driver metapackage, at this version, in the stand-in source."""
+def deb(host, version: str, module_for: str = "") -> str:
+    """A package named like Debian's driver metapackage, at this version, in the stand-in source;
+    with module_for, it ships an nvidia module for that kernel where DKMS puts one."""
     build = f"/tmp/standin-deb/nvidia-driver-{version}"
+    if module_for:
+        folder = f"{build}/lib/modules/{module_for}/updates/dkms"
+        host.run_expect([0], f"mkdir -p {folder} && echo stand-in > {folder}/nvidia.ko")
     control = (
         f"Package: nvidia-driver\\nVersion: {version}\\nArchitecture: all\\n"
         "Maintainer: funfleet tests <tests@funfleet.invalid>\\nDescription: stand-in for the driver metapackage\\n"
@@ -169,6 +173,44 @@ def test_held_driver_packages_are_not_upgraded(host):
         host.run(f"rm -rf {REPO} /tmp/standin-deb /etc/apt/apt.conf.d/51funfleet-nvidia-hold")
 
 
+BOOT_KERNEL = "6.1.0-99-standin"
+SYSTEM_SOURCE = "/etc/apt/sources.list.d/funfleet-standin.list"
+
+
+def test_an_upgrade_needs_the_module_for_the_kernel_that_will_boot_and_holds_again(host):
+    """The upgrade entry point (playbooks/gpu_upgrade.yml runs it on a drained host): a held
+    driver goes to its newest where the kernel that will boot (/boot/vmlinuz) has its module, and
+    is held again; a newer one without the module fails the host before any reboot, held again."""
+    # The kernel's own package's files: its modules folder outlives the driver package's module.
+    host.run_expect([0], f"mkdir -p /lib/modules/{BOOT_KERNEL} /boot && touch /boot/vmlinuz-{BOOT_KERNEL}")
+    host.run_expect([0], f"touch /lib/modules/{BOOT_KERNEL}/modules.dep")
+    host.run_expect([0], f"ln -sfn vmlinuz-{BOOT_KERNEL} /boot/vmlinuz")
+    try:
+        first = deb(host, "9999.1", module_for=BOOT_KERNEL)
+        host.run_expect([0], f"dpkg -i {first}")
+        assert steps("hold").returncode == 0
+        publish(host, first, deb(host, "9999.2", module_for=BOOT_KERNEL))
+        host.run_expect([0], f"echo 'deb [trusted=yes] file:{REPO} ./' > {SYSTEM_SOURCE}")
+
+        upgraded = steps("upgrade", nvidia_upgrade_packages=["nvidia-driver"])
+        assert upgraded.returncode == 0, upgraded.stdout[-3000:]
+        assert installed(host) == "9999.2"
+        assert host.check_output("apt-mark showhold").split() == ["nvidia-driver"]
+        assert f"{BOOT_KERNEL}: /lib/modules/{BOOT_KERNEL}/updates/dkms/nvidia.ko" in said(upgraded)
+
+        # 9999.3 was built without the module for that kernel (a DKMS build that failed).
+        publish(host, first, deb(host, "9999.2", module_for=BOOT_KERNEL), deb(host, "9999.3"))
+        broken = steps("upgrade", nvidia_upgrade_packages=["nvidia-driver"])
+        assert broken.returncode == 2, broken.stdout[-3000:]
+        assert f"the kernel that will boot ({BOOT_KERNEL}) has no nvidia module" in said(broken)
+        assert host.check_output("apt-mark showhold").split() == ["nvidia-driver"]  # held again
+    finally:
+        host.run("apt-mark unhold nvidia-driver; dpkg --purge nvidia-driver")
+        host.run(f"rm -rf {REPO} /tmp/standin-deb {SYSTEM_SOURCE} /var/lib/apt/lists/_srv_standin-apt_*")
+        host.run(f"rm -rf /lib/modules/{BOOT_KERNEL} /boot/vmlinuz /boot/vmlinuz-{BOOT_KERNEL}")
+        host.run("rm -f /etc/apt/apt.conf.d/51funfleet-nvidia-hold")
+
+
 def scrape(host) -> list[str]:
     return host.check_output(
         "python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:9100/metrics').read().decode())\""
@@ -176,6 +218,7 @@ def scrape(host) -> list[str]:
 
 
 METRICS_DROPIN = "/etc/systemd/system/funfleet-gpu-metrics.service.d/test-identifier.conf"
+GATE = "/var/lib/funfleet-gpu-health/unhealthy.json"  # funfleet_gpu_gate_file's default
 
 
 def xid_count(lines: list[str], series: str) -> float:
@@ -206,6 +249,11 @@ def test_an_xid_in_the_kernel_log_is_exported_on_its_gpu(host, standins):
         for _ in range(2):
             host.run_expect([0], "systemctl start funfleet-gpu-metrics.service")
         lines = scrape(host)
+        # The same run judged the host: its health gate holds the XID, until root acknowledges a reset.
+        gate = json.loads(host.file(GATE).content_string)
+        gate_mode = host.file(GATE).mode
+        acknowledged = host.run("funfleet-gpu-metrics --acknowledge")
+        after = scrape(host)
     finally:
         host.run(f"rm -f {METRICS_DROPIN}")
         host.run("systemctl daemon-reload")
@@ -218,3 +266,11 @@ def test_an_xid_in_the_kernel_log_is_exported_on_its_gpu(host, standins):
     ]
     assert xid_count(lines, xid79) == before + 1
     assert not any('xid="48"' in x for x in lines)
+    assert gate["code"] == "gpu_unhealthy"
+    assert gate["reasons"] == ["GPU 0 (0:01:00): XID 79 (GPU has fallen off the bus), 1 this boot"], gate
+    assert "funfleet_gpu_out_of_rotation 1" in lines
+    assert gate_mode == 0o644  # nginx's workers read it
+    assert acknowledged.rc == 0, acknowledged.stdout + acknowledged.stderr
+    assert not host.file(GATE).exists
+    assert "funfleet_gpu_healthy 1" in after
+    assert xid_count(after, xid79) == 0  # forgotten, as a reboot would
