@@ -33,6 +33,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from fleetcheck import ROOT, address, playbook, predict, sample, sh, wait_ready
 
@@ -614,6 +615,43 @@ def test_promtool_accepts_the_config_and_the_rules():
     assert "SUCCESS" in config.stdout + config.stderr
     rules = sh(MONITOR, "promtool", "check", "rules", "/etc/prometheus/funfleet-rules.yml")
     assert "SUCCESS: 14 rules found" in rules.stdout + rules.stderr
+
+
+def out_of_rotation_case(hosts: int, out: int, description: str) -> dict:
+    """A promtool rule test of FunfleetGpuHostsOutOfRotation: `hosts` GPU hosts, `out` of them
+    holding themselves out of rotation for 5 minutes; it fires where two or more, over a quarter, are."""
+    series = [
+        {
+            "series": f'funfleet_gpu_out_of_rotation{{instance="gpu{i}:9100",host="gpu{i}"}}',
+            "values": ("1" if i < out else "0") + "x30",
+        }
+        for i in range(hosts)
+    ]
+    fired = {
+        "exp_labels": {"severity": "critical"},
+        "exp_annotations": {"summary": f"{out} GPU hosts took themselves out of rotation", "description": description},
+    }
+    fires = out >= 2 and out / hosts > 0.25
+    test = {"eval_time": "5m", "alertname": "FunfleetGpuHostsOutOfRotation", "exp_alerts": [fired] if fires else []}
+    return {"interval": "10s", "input_series": series, "alert_rule_test": [test]}
+
+
+def test_the_fleet_wide_gpu_gate_alert_needs_two_hosts_and_over_a_quarter():
+    """promtool's own rule tests, on the installed rules: one GPU host out of four is its own
+    business; two of four is a shared cause; two of eight is not over a quarter."""
+    rules = yaml.safe_load(sh(MONITOR, "cat", "/etc/prometheus/funfleet-rules.yml").stdout)
+    rule = next(r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "FunfleetGpuHostsOutOfRotation")
+    description = rule["annotations"]["description"]
+    cases = [out_of_rotation_case(hosts, out, description) for hosts, out in [(4, 1), (4, 2), (8, 2)]]
+    tests = {"rule_files": ["/etc/prometheus/funfleet-rules.yml"], "evaluation_interval": "10s", "tests": cases}
+    path = "/tmp/funfleet-rule-tests.yml"
+    sh(MONITOR, "sh", "-c", f"cat > {path} <<'EOF'\n{json.dumps(tests)}\nEOF")  # JSON is YAML
+    try:
+        result = sh(MONITOR, "promtool", "test", "rules", path, check=False)
+    finally:
+        sh(MONITOR, "rm", "-f", path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout + result.stderr
 
 
 def test_every_fleet_host_is_a_target_and_up():

@@ -371,6 +371,7 @@ def test_release_that_does_not_load_goes_back_and_stays_drained(releases):
     assert serving.returncode == 0, serving.stderr
     assert not any(r.startswith("digits-4-") for r in sh(first, "ls", "/opt/funfleet/releases").stdout.split())
     assert lb_state() == {first: "drained", second: "serving"}
+    assert drain_record(first) == {"by": "rollout", "reason": "deploy"}  # what `funfleet-lb status` shows
     assert master_pid(second) == pids[second]
     assert release_of(second) == before[second]
     assert load.failures == [], load.summary()
