@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -259,3 +260,36 @@ def test_the_ledger_refuses_a_released_version_whose_sha256_changed(iris_base):
     )
     # Recording again keeps the first record.
     assert plugin.app_release_ledger_add(ledger, again) == ledger
+
+
+def test_version_labels_name_served_versions_and_reach_the_manifest(iris_base):
+    plain = {"name": "iris", "base_path": str(iris_base), "version_policy": {"latest": 2}}
+    labelled = {**plain, "version_labels": {"stable": 2, "canary": "10"}}
+    resolved = plugin.app_release_resolve_models([labelled])
+    assert resolved[0]["labels"] == {"canary": "10", "stable": "2"}
+    manifest = plugin.app_release_manifest(resolved)
+    assert manifest[0]["labels"] == {"canary": "10", "stable": "2"}
+    # Without labels the model's entry (and so the release id, a hash of it) is what it was.
+    unlabelled = plugin.app_release_resolve_models([plain])
+    assert "labels" not in unlabelled[0]
+    assert "labels" not in plugin.app_release_manifest(unlabelled)[0]
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        ({"stable": 1}, "names version 1, which this release does not serve (its version_policy keeps 2, 10)"),
+        ({"2": 2}, "version label '2' must start with a letter"),
+        ({"has space": 2}, "version label 'has space' must start with a letter"),
+        (["stable"], "version_labels is a mapping of label: version"),
+    ],
+)
+def test_version_labels_refused_with_reasons(iris_base, labels, message):
+    model = {"name": "iris", "base_path": str(iris_base), "version_policy": {"latest": 2}, "version_labels": labels}
+    with pytest.raises(plugin.AnsibleFilterError, match=re.escape(message)):
+        plugin.app_release_resolve_models([model])
+
+
+def test_the_controller_and_the_app_check_labels_alike():
+    app_models = (ROOT / "app" / "inference" / "models.py").read_text()
+    assert f'LABEL = re.compile(r"{plugin.LABEL.pattern}")' in app_models

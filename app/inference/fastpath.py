@@ -6,7 +6,7 @@ decode, model call and JSON: Flask's request and app contexts, URL matching, hoo
 response object took the difference. This WSGI middleware sits in front of the Flask app
 (``app.wsgi_app``) and serves the request most clients send to an image classifier: an upload
 (multipart ``image`` or a raw image body), no ``Origin`` header (CORS stays Flask's), and at
-most ``model``, ``version`` and ``top_k`` as plain query values. It calls what the Flask view
+most ``model``, ``version`` (or ``label``) and ``top_k`` as plain query values. It calls what the Flask view
 calls (``split_form_data``, ``decode_image``, ``infer``, ``ranked``, and the view's own field,
 upload and ``top_k`` rules) and writes the bytes ``jsonify`` writes: decode, model, answer. Its
 timing, metrics, access line, request id and in-flight count are the bookkeeping's
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 PATH = "/predict"
 # Query strings whose meaning is plain (no escapes, no repeated or unknown keys); others go to Flask.
-_QUERY = re.compile(r"(?:model|version|top_k)=[A-Za-z0-9._~-]*")
+_QUERY = re.compile(r"(?:model|version|label|top_k)=[A-Za-z0-9._~-]*")
 
 
 class Unserved(Exception):
@@ -85,9 +85,11 @@ class FastPredict:
         args = _query_args(environ.get("QUERY_STRING", ""))
         if not self.runtime.ready:
             raise Unserved
-        name, version, image = self._upload(environ, args)
+        name, version, label, image = self._upload(environ, args)
+        if version and label:
+            raise Unserved  # Flask refuses it
         try:
-            model = self.runtime.get(name or None, version or None)
+            model = self.runtime.get(name or None, version or None, label or None)
         except ModelNotFound:
             raise Unserved from None
         release = model.release
@@ -103,8 +105,10 @@ class FastPredict:
             raise Unserved from None  # Flask decodes it again and answers with the error
         return model, batch, top_k
 
-    def _upload(self, environ: WSGIEnvironment, args: dict[str, str]) -> tuple[str | None, str | None, bytes]:
-        """The model name and version asked for and the image. Reads the body, and puts it back
+    def _upload(
+        self, environ: WSGIEnvironment, args: dict[str, str]
+    ) -> tuple[str | None, str | None, str | None, bytes]:
+        """The model name, version and version label asked for and the image. Reads the body, and puts it back
         for Flask: from here on, Unserved hands Flask the whole request."""
         try:
             length = int(environ.get("CONTENT_LENGTH") or "")
@@ -120,9 +124,9 @@ class FastPredict:
         environ["wsgi.input"] = io.BytesIO(body)
         if len(body) != length:
             raise Unserved
-        name, version = args.get("model"), args.get("version")
+        name, version, label = args.get("model"), args.get("version"), args.get("label")
         if mimetype != "multipart/form-data":
-            return name, version, body
+            return name, version, label, body
         parts = split_form_data(content_type, body)
         if parts is None:
             raise Unserved
@@ -132,7 +136,8 @@ class FastPredict:
         # As the Flask view: the query's value when the key is there, else the form's first.
         name = next(iter(form_fields(parts, "model")), None) if name is None else name
         version = next(iter(form_fields(parts, "version")), None) if version is None else version
-        return name, version, uploads[0]
+        label = next(iter(form_fields(parts, "label")), None) if label is None else label
+        return name, version, label, uploads[0]
 
     def _flask_error(self, environ: WSGIEnvironment, start_response: StartResponse, exc: Exception) -> Iterable[bytes]:
         """The error's answer as the Flask view's would be: its handler, the after-request hooks,
@@ -144,7 +149,7 @@ class FastPredict:
 
 
 def _query_args(query: str) -> dict[str, str]:
-    """``model``, ``version`` and ``top_k`` from a plain query string; Unserved for any other."""
+    """``model``, ``version``, ``label`` and ``top_k`` from a plain query string; Unserved for any other."""
     args: dict[str, str] = {}
     if query:
         for pair in query.split("&"):

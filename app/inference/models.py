@@ -9,11 +9,16 @@ Two layouts:
   order they were declared (the first is the default of ``/predict``) and the versions each
   serves. The app_release role writes it after applying each model's version policy; without it
   every model folder and every version in it is served, models in name order.
+
+A model in ``models.json`` may carry version labels, as TF Serving's ``version_labels``:
+``"labels": {"stable": "1", "canary": "2"}``, each naming one of the versions it serves, so that
+clients can pin ``stable`` or opt into ``canary`` while the versions behind them move.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +26,8 @@ from .frameworks import version_key
 from .release import METADATA_FILE, ReleaseError
 
 MANIFEST = "models.json"
+# A label starts with a letter, so that it can never be taken for a version (TF Serving's are numbers).
+LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -66,3 +73,31 @@ def discover(model_dir: str | Path) -> list[Declared]:
     if len(set(names)) != len(names):
         raise ReleaseError(f"a model is declared twice in {root}: {names}")
     return declared
+
+
+def labels(model_dir: str | Path, declared: list[Declared]) -> dict[str, dict[str, str]]:
+    """Each model's version labels from ``models.json`` (none without it), checked against the
+    versions ``declared`` serves: a label that names a version not served is an error, as TF
+    Serving refuses a label on an unavailable version."""
+    manifest = Path(model_dir) / MANIFEST
+    if not manifest.is_file():
+        return {}
+    served: dict[str, set[str]] = {}
+    for item in declared:
+        served.setdefault(item.name, set()).add(item.version)
+    found: dict[str, dict[str, str]] = {}
+    try:
+        listed = json.loads(manifest.read_text())["models"]
+        for model in listed:
+            name, named = str(model["name"]), model.get("labels") or {}
+            if not isinstance(named, dict):
+                raise TypeError(f"labels of {name} must be an object of label: version")
+            for label, version in named.items():
+                if not LABEL.match(str(label)):
+                    raise ValueError(f"label {label!r} of {name}: a letter, then letters, digits, '_', '.' or '-'")
+                if str(version) not in served.get(name, set()):
+                    raise ValueError(f"label {label!r} of {name} names version {version}, which is not served")
+                found.setdefault(name, {})[str(label)] = str(version)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ReleaseError(f"malformed {manifest}: {exc}") from exc
+    return found

@@ -26,7 +26,7 @@ from .batching import IN_FLIGHT, Batcher, padded_sizes
 from .config import Settings
 from .frameworks import framework, version_key
 from .metrics import resident_bytes
-from .models import Declared, discover
+from .models import Declared, discover, labels
 from .release import Release, ReleaseError, read_release, read_release_id
 
 __all__ = ["DTYPES", "ModelNotFound", "ModelRuntime", "ServedModel", "Signature", "TensorInfo", "resident_bytes"]
@@ -79,6 +79,14 @@ class ModelNotFound(LookupError):
         self.name, self.version = name, version
 
 
+class LabelNotFound(ModelNotFound):
+    """A model served here, asked for by a version label it does not have."""
+
+    def __init__(self, name: str, label: str) -> None:
+        super().__init__(name, None)
+        self.label = label
+
+
 class ModelRuntime:
     """Every model version the host serves. Ready when all of them are loaded and warm."""
 
@@ -89,6 +97,7 @@ class ModelRuntime:
         self.info: LoadInfo | None = None
         self.error: str | None = None
         self.declared: list[Declared] = []
+        self.labels: dict[str, dict[str, str]] = {}
         self._ready = False
         self._lock = threading.Lock()
 
@@ -112,12 +121,17 @@ class ModelRuntime:
             raise ModelNotFound(name, None)
         return sorted(self.models[name], key=version_key)
 
-    def get(self, name: str | None = None, version: str | None = None) -> ServedModel:
-        """A model by name (default: the first declared), at a version (default: its latest)."""
+    def get(self, name: str | None = None, version: str | None = None, label: str | None = None) -> ServedModel:
+        """A model by name (default: the first declared), at a version or the version a label
+        names (default: its latest). Callers refuse a request that gives both."""
         name = name or self.default_name or ""
         by_version = self.models.get(name)
         if not by_version:
             raise ModelNotFound(name, version)
+        if label is not None:
+            version = self.labels.get(name, {}).get(label)
+            if version is None:
+                raise LabelNotFound(name, label)
         if version is None:
             return by_version[self.versions(name)[-1]]
         if version not in by_version:
@@ -137,6 +151,7 @@ class ModelRuntime:
             current: Declared | None = None
             try:
                 self.declared = discover(self.settings.model_dir)
+                self.labels = labels(self.settings.model_dir, self.declared)
                 self.release_id = read_release_id(self.settings.model_dir)
                 releases = []
                 for current in self.declared:
@@ -157,7 +172,7 @@ class ModelRuntime:
                 where = f"{current.name}:{current.version}: " if current is not None else ""
                 prefix = "" if isinstance(exc, ReleaseError) else f"{type(exc).__name__}: "
                 self.error = f"{where}{prefix}{exc}"
-                self.models = {}
+                self.models, self.labels = {}, {}
                 raise
             done = time.monotonic()
             self.info = LoadInfo(

@@ -94,6 +94,32 @@ def test_infer_iris_every_version(client, keras_outputs, version):
     assert result.as_numpy("species").argmax(axis=1).tolist() == [0, 1, 2]
 
 
+@pytest.mark.parametrize(("label", "version"), [("stable", "1"), ("canary", "2")])
+def test_infer_iris_by_version_label(client, keras_outputs, label, version):
+    """tritonclient reaches a label as the model name ``<m>/labels/<l>`` (it keeps the slashes)."""
+    tensor = httpclient.InferInput("features", list(FLOWERS.shape), "FP32")
+    tensor.set_data_from_numpy(FLOWERS)
+    assert client.is_model_ready(f"iris/labels/{label}")
+    assert client.get_model_metadata(f"iris/labels/{label}")["versions"] == [version]
+    result = client.infer(f"iris/labels/{label}", [tensor])
+    assert result.get_response()["model_version"] == version
+    np.testing.assert_allclose(result.as_numpy("species"), keras_outputs["iris"], atol=1e-5)
+    with pytest.raises(InferenceServerException, match="version label beta is not found") as err:
+        client.infer("iris/labels/beta", [tensor])
+    assert err.value.status() == "404"
+
+
+def test_a_tf_serving_client_call_by_label(uwsgi_server):
+    """As a TF Serving REST client calls: POST /v1/models/<m>/labels/<l>:predict with instances."""
+    url = f"{uwsgi_server}/v1/models/iris/labels/canary:predict"
+    response = requests.post(url, json={"signature_name": "serving_default", "instances": FLOWERS.tolist()}, timeout=30)
+    assert response.status_code == 200, response.text
+    assert np.array(response.json()["predictions"]).argmax(axis=1).tolist() == [0, 1, 2]
+    unknown = requests.post(url.replace("canary", "beta"), json={"instances": FLOWERS.tolist()}, timeout=30)
+    assert unknown.status_code == 404
+    assert unknown.json()["error"] == "Unrecognized servable version label: beta"
+
+
 def test_classification_extension(client):
     tensor = httpclient.InferInput("features", [1, 4], "FP32")
     tensor.set_data_from_numpy(FLOWERS[2:])

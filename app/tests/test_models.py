@@ -36,8 +36,15 @@ def test_readyz_lists_every_model_default_first(multi_client):
     assert body["status"] == "ready"
     assert (body["model"], body["version"]) == ("digits", "1")
     assert body["models"] == [
-        {"name": "digits", "versions": ["1"], "input": "image", "task": "classification"},
-        {"name": "iris", "versions": ["1", "2"], "input": "tensor", "task": "classification", "features": FEATURES},
+        {"name": "digits", "versions": ["1"], "input": "image", "task": "classification", "labels": {"stable": "1"}},
+        {
+            "name": "iris",
+            "versions": ["1", "2"],
+            "input": "tensor",
+            "task": "classification",
+            "labels": {"canary": "2", "stable": "1"},
+            "features": FEATURES,
+        },
     ]
 
 
@@ -146,3 +153,70 @@ def test_a_missing_declared_version_fails_readiness(tmp_path):
     assert response.status_code == 503
     assert response.get_json()["status"] == "failed"
     assert response.get_json()["error"].startswith("iris:2: ")
+
+
+# Version labels (models.json's labels, TF Serving's version_labels): iris stable is 1, canary 2.
+@pytest.mark.parametrize(("label", "version"), [("stable", "1"), ("canary", "2")])
+def test_a_label_picks_its_version_in_every_protocol(multi_client, keras_iris, label, version):
+    row = dict(zip(FEATURES, FLOWERS["virginica"], strict=True))
+    by_query = multi_client.post(f"/predict?model=iris&label={label}", json=row)
+    assert by_query.status_code == 200, by_query.get_data(as_text=True)
+    assert by_query.get_json()["model"] == {"name": "iris", "version": version}
+    tf = multi_client.post(f"/v1/models/iris/labels/{label}:predict", json={"instances": [row]})
+    assert tf.status_code == 200, tf.get_data(as_text=True)
+    np.testing.assert_allclose(np.array(tf.get_json()["predictions"]), keras_iris[2:3], atol=1e-5)
+    status = multi_client.get(f"/v1/models/iris/labels/{label}").get_json()["model_version_status"]
+    assert [s["version"] for s in status] == [version]
+    assert multi_client.get(f"/v1/models/iris/labels/{label}/metadata").status_code == 200
+    assert multi_client.get(f"/v2/models/iris/labels/{label}").get_json()["versions"] == [version]
+    assert multi_client.get(f"/v2/models/iris/labels/{label}/ready").get_json()["version"] == version
+    body = {"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32", "data": FLOWERS["virginica"]}]}
+    v2 = multi_client.post(f"/v2/models/iris/labels/{label}/infer", json=body)
+    assert v2.status_code == 200, v2.get_data(as_text=True)
+    assert v2.get_json()["model_version"] == version
+
+
+def test_an_unknown_label_is_a_404_in_every_protocol(multi_client):
+    row = FLOWERS["setosa"]
+    answers = {
+        "/predict": multi_client.post("/predict?model=iris&label=beta", json=row),
+        "/v1 status": multi_client.get("/v1/models/iris/labels/beta"),
+        "/v1 predict": multi_client.post("/v1/models/iris/labels/beta:predict", json={"instances": [row]}),
+        "/v2 ready": multi_client.get("/v2/models/iris/labels/beta/ready"),
+        "/v2 infer": multi_client.post(
+            "/v2/models/iris/labels/beta/infer",
+            json={"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32", "data": row}]},
+        ),
+        # a label another model has
+        "/v1 another model's label": multi_client.get("/v1/models/digits/labels/canary"),
+    }
+    for where, response in answers.items():
+        assert response.status_code == 404, where
+        assert "label" in response.get_json()["error"], (where, response.get_json())
+    assert answers["/v1 predict"].get_json()["error"] == "Unrecognized servable version label: beta"
+    assert answers["/predict"].get_json()["code"] == "label_not_found"
+    # An unknown model stays a model_not_found, whatever the label.
+    assert multi_client.get("/v1/models/nope/labels/stable").status_code == 404
+    both = multi_client.post("/predict?model=iris&version=1&label=stable", json=row)
+    assert (both.status_code, both.get_json()["code"]) == (400, "invalid_request")
+
+
+@pytest.mark.parametrize(
+    ("labels", "error"),
+    [
+        ({"stable": "3"}, "label 'stable' of iris names version 3, which is not served"),
+        ({"1": "1"}, "label '1' of iris: a letter, then letters, digits"),
+        (["stable"], "labels of iris must be an object"),
+    ],
+)
+def test_a_label_on_a_version_not_served_fails_readiness(tmp_path, labels, error):
+    import shutil
+
+    from inference import create_app
+
+    shutil.copytree(IRIS_DIR, tmp_path / "iris" / "1")
+    manifest = {"models": [{"name": "iris", "versions": ["1"], "labels": labels}]}
+    (tmp_path / "models.json").write_text(json.dumps(manifest))
+    response = create_app({"model_dir": str(tmp_path)}).test_client().get("/readyz")
+    assert response.status_code == 503
+    assert error in response.get_json()["error"]

@@ -22,7 +22,9 @@ def test_spec_documents_every_route(app):
     routes = {rule.rule for rule in app.url_map.iter_rules() if rule.endpoint != "static"}
     # The TF Serving routes share one Flask rule; their documented paths are listed one by one.
     routes.discard("/v1/models/<path:spec>")
-    routes = {r.replace("<name>", "{name}").replace("<version>", "{version}") for r in routes}
+    routes = {
+        r.replace("<name>", "{name}").replace("<version>", "{version}").replace("<label>", "{label}") for r in routes
+    }
     assert routes <= documented
     assert {p for p in documented if p.startswith("/v1/models/")} == {
         "/v1/models/{name}",
@@ -31,6 +33,9 @@ def test_spec_documents_every_route(app):
         "/v1/models/{name}/versions/{version}/metadata",
         "/v1/models/{name}:predict",
         "/v1/models/{name}/versions/{version}:predict",
+        "/v1/models/{name}/labels/{label}",
+        "/v1/models/{name}/labels/{label}/metadata",
+        "/v1/models/{name}/labels/{label}:predict",
     }
 
 

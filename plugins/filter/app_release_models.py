@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import sys
 from types import ModuleType
 
@@ -151,8 +152,40 @@ def app_release_resolve_models(
                 raise AnsibleFilterError(f"model {name}: folder {folder} holds version {version['version']}")
             versions.append(version)
         _check_pickle(name, versions, model.get("allow_pickle") is True)
-        resolved.append({"name": name, "versions": versions})
+        entry = {"name": name, "versions": versions}
+        labels = _labels(name, model.get("version_labels"), [v["version"] for v in versions])
+        if labels:  # only then: a release without labels keeps its id and manifest
+            entry["labels"] = labels
+        resolved.append(entry)
     return resolved
+
+
+# As the app checks them (app/inference/models.py): a label starts with a letter, never taken for a version.
+LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+
+
+def _labels(name: str, labels: object, served: list[str]) -> dict[str, str]:
+    """A model's version labels (TF Serving's version_labels: stable, canary), each naming one of
+    the versions its policy keeps: a label on a version not served is refused here, before any
+    host is touched, as TF Serving refuses it."""
+    if not labels:
+        return {}
+    if not isinstance(labels, dict):
+        raise AnsibleFilterError(f"model {name}: version_labels is a mapping of label: version, e.g. {{stable: 1}}")
+    checked = {}
+    for label, version in sorted(labels.items()):
+        if not LABEL.match(str(label)):
+            raise AnsibleFilterError(
+                f"model {name}: version label {label!r} must start with a letter "
+                "(then letters, digits, '_', '.' or '-')"
+            )
+        if str(version) not in served:
+            raise AnsibleFilterError(
+                f"model {name}: version label {label} names version {version}, which this release does not serve "
+                f"(its version_policy keeps {', '.join(served)})"
+            )
+        checked[str(label)] = str(version)
+    return checked
 
 
 def app_release_ledger_conflicts(resolved: list[dict], ledger: dict) -> list[str]:
@@ -226,12 +259,14 @@ def app_release_files(resolved: list[dict], root: str) -> list[dict]:
 
 
 def app_release_manifest(resolved: list[dict]) -> list[dict]:
-    """What models.json and release.json list: names and versions, and each version's sha256."""
+    """What models.json and release.json list: names and versions, each version's sha256, and
+    the model's version labels where it has any."""
     return [
         {
             "name": model["name"],
             "versions": [v["version"] for v in model["versions"]],
             "sha256": {v["version"]: v["sha256"] for v in model["versions"]},
+            **({"labels": model["labels"]} if model.get("labels") else {}),
         }
         for model in resolved
     ]

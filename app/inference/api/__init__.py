@@ -9,7 +9,7 @@ from flask import Flask, current_app
 
 from .. import metrics
 from ..errors import ApiError
-from ..runtime import ModelNotFound, ModelRuntime, ServedModel
+from ..runtime import LabelNotFound, ModelNotFound, ModelRuntime, ServedModel
 
 
 def runtime() -> ModelRuntime:
@@ -23,11 +23,15 @@ def ready_runtime() -> ModelRuntime:
     return rt
 
 
-def find_model(name: str | None, version: str | None = None) -> ServedModel:
-    """A served model version, or the API's 404 (protocols with their own 404 shape catch
-    ModelNotFound themselves)."""
+def find_model(name: str | None, version: str | None = None, label: str | None = None) -> ServedModel:
+    """A served model version, by version or version label, or the API's 404 (protocols with
+    their own 404 shape catch ModelNotFound themselves)."""
+    if version is not None and label is not None:
+        raise ApiError(400, "invalid_request", "give a version or a version label, not both")
     try:
-        return ready_runtime().get(name, version)
+        return ready_runtime().get(name, version, label)
+    except LabelNotFound as exc:
+        raise ApiError(404, "label_not_found", f"Unrecognized servable version label: {exc.label}") from exc
     except ModelNotFound as exc:
         if exc.version is None:
             raise ApiError(404, "model_not_found", f"no model named {exc.name!r} is served here") from exc

@@ -33,14 +33,16 @@ def readyz():
         version=rt.release.version,
         device=rt.info.device,
         release=rt.release_id,
-        models=[_summary(rt.get(name), rt.versions(name)) for name in rt.models],
+        models=[_summary(rt.get(name), rt.versions(name), rt.labels.get(name, {})) for name in rt.models],
     )
 
 
-def _summary(model: ServedModel, versions: list[str]) -> dict:
+def _summary(model: ServedModel, versions: list[str], labels: dict[str, str]) -> dict:
     """What a client (the upload page) needs to pick a model and send it an instance."""
     spec = model.release.input
     summary = {"name": model.name, "versions": versions, "input": spec.kind, "task": model.release.task}
+    if labels:
+        summary["labels"] = dict(sorted(labels.items()))
     if getattr(spec, "features", ()):
         summary["features"] = list(spec.features)
     return summary

@@ -3,17 +3,20 @@ serve and ``tritonclient.http`` calls.
 
 GET  /v2                                             server metadata
 GET  /v2/health/live, /v2/health/ready               liveness, readiness (every model loaded)
-GET  /v2/models/<m>[/versions/<v>]                   model metadata: the model's own tensors
-GET  /v2/models/<m>[/versions/<v>]/ready             model readiness
-POST /v2/models/<m>[/versions/<v>]/infer             tensors in, tensors out
+GET  /v2/models/<m>[/versions/<v>|/labels/<l>]       model metadata: the model's own tensors
+GET  /v2/models/<m>[/versions/<v>|/labels/<l>]/ready model readiness
+POST /v2/models/<m>[/versions/<v>|/labels/<l>]/infer tensors in, tensors out
+
+``labels/<l>`` (models.json's labels, as TF Serving's) stands for the version the label names;
+``tritonclient`` reaches it with the model name ``<m>/labels/<l>``.
 
 Tensors come as JSON (``data``, flat or nested, row-major) or with the binary tensor data
 extension (``Inference-Header-Content-Length``: the JSON header, then each input's raw bytes,
 little-endian, in input order); outputs are returned as JSON, or as binary when the request asks
 (``binary_data_output`` for all, ``binary_data`` per output). The classification extension
 (``classification: k`` on an output) returns the top k as ``"<score>:<index>:<label>"`` strings.
-Errors are ``{"error": "<message>"}``: 400 for a request the model cannot take, 404 for a model
-or version not served, 503 while the models load.
+Errors are ``{"error": "<message>"}``: 400 for a request the model cannot take, 404 for a model,
+version or label not served, 503 while the models load.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from flask import Blueprint, Response, request
 from .. import __version__
 from ..errors import INPUT_STATUS, ApiError
 from ..preprocess import InputError, text_batch
-from ..runtime import ModelNotFound, ServedModel, TensorInfo
+from ..runtime import LabelNotFound, ModelNotFound, ServedModel, TensorInfo
 from . import infer, ready_runtime, runtime
 
 bp = Blueprint("kserve", __name__)
@@ -82,9 +85,12 @@ def ready():
     return _json({"ready": rt.ready}, 200 if rt.ready else 503)
 
 
-def _model(name: str, version: str | None) -> ServedModel:
+def _model(name: str, version: str | None, label: str | None = None) -> ServedModel:
     try:
-        return ready_runtime().get(name, version)
+        return ready_runtime().get(name, version, label)
+    except LabelNotFound as exc:
+        message = f"Request for unknown model: '{name}' version label {label} is not found"
+        raise ApiError(404, "label_not_found", message) from exc
     except ModelNotFound as exc:
         if version is not None and name in runtime().models:
             message = f"Request for unknown model: '{name}' version {version} is not found"
@@ -98,9 +104,10 @@ def _tensor_meta(info: TensorInfo) -> dict:
 
 @bp.get("/v2/models/<name>")
 @bp.get("/v2/models/<name>/versions/<version>")
-def model_metadata(name: str, version: str | None = None):
-    model = _model(name, version)
-    versions = [model.version] if version is not None else runtime().versions(name)
+@bp.get("/v2/models/<name>/labels/<label>")
+def model_metadata(name: str, version: str | None = None, label: str | None = None):
+    model = _model(name, version, label)
+    versions = [model.version] if version is not None or label is not None else runtime().versions(name)
     return _json(
         {
             "name": model.name,
@@ -114,15 +121,17 @@ def model_metadata(name: str, version: str | None = None):
 
 @bp.get("/v2/models/<name>/ready")
 @bp.get("/v2/models/<name>/versions/<version>/ready")
-def model_ready(name: str, version: str | None = None):
-    model = _model(name, version)
+@bp.get("/v2/models/<name>/labels/<label>/ready")
+def model_ready(name: str, version: str | None = None, label: str | None = None):
+    model = _model(name, version, label)
     return _json({"name": model.name, "version": model.version, "ready": True})
 
 
 @bp.post("/v2/models/<name>/infer")
 @bp.post("/v2/models/<name>/versions/<version>/infer")
-def model_infer(name: str, version: str | None = None):
-    model = _model(name, version)
+@bp.post("/v2/models/<name>/labels/<label>/infer")
+def model_infer(name: str, version: str | None = None, label: str | None = None):
+    model = _model(name, version, label)
     body, binary = _read_request()
     # Every part of the request is checked before the model runs: a malformed one costs no inference.
     wanted = _requested(model, body)

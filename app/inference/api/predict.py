@@ -7,8 +7,9 @@ a text model's ``{"text": "..."}``), and out, by the release's task:
 - tagging: each token with its tag (a text model's per-token outputs);
 - regression (no labels): every output, named as the model names it.
 
-``?model=<name>`` (or a multipart field ``model``) picks the model, ``?version=<v>`` its version;
-the defaults are the first declared model and its latest version."""
+``?model=<name>`` (or a multipart field ``model``) picks the model, ``?version=<v>`` its version
+or ``?label=<l>`` the version its label names (models.json's labels: ``stable``, ``canary``); the
+defaults are the first declared model and its latest version."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ bp = Blueprint("predict", __name__)
 
 @bp.post("/predict")
 def predict():
-    model = find_model(_field("model"), _field("version"))
+    model = find_model(_field("model"), _field("version"), _field("label"))
     release = model.release
     task = release.task
     top_k = _top_k(len(release.labels), release.top_k) if task == "classification" else 0

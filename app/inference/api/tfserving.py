@@ -1,11 +1,13 @@
 """TF Serving's REST API, so that a client written for TF Serving works unchanged.
 
-GET  /v1/models/<name>[/versions/<v>]            model status (every version served, or one)
-GET  /v1/models/<name>[/versions/<v>]/metadata   the model's own signature
-POST /v1/models/<name>[/versions/<v>]:predict    {"instances": [...]} or {"inputs": ...}
+GET  /v1/models/<name>[/versions/<v>|/labels/<l>]            model status (every version served, or one)
+GET  /v1/models/<name>[/versions/<v>|/labels/<l>]/metadata   the model's own signature
+POST /v1/models/<name>[/versions/<v>|/labels/<l>]:predict    {"instances": [...]} or {"inputs": ...}
 
+A label (models.json's labels, TF Serving's version_labels) stands for the version it names.
 Errors answer as TF Serving does: ``{"error": "<message>"}``, 400 for any input the model cannot
-take, 404 for a model or version not served.
+take, 404 for a model or version not served. An unknown label is a 404 too, with TF Serving's
+message ("Unrecognized servable version label: <l>"; TF Serving itself answers it with a 400).
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ from werkzeug.exceptions import MethodNotAllowed
 
 from ..errors import INPUT_STATUS, ApiError, error_response
 from ..preprocess import InputError, PixelBudget, columnar_batch, tensor_batch
-from ..runtime import ModelNotFound, ServedModel, TensorInfo
+from ..runtime import LabelNotFound, ModelNotFound, ServedModel, TensorInfo
 from . import infer, ready_runtime
 
 bp = Blueprint("tfserving", __name__)
 
-_PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?:(?P<meta>/metadata)|:(?P<verb>[A-Za-z]+))?$")
+_PATH = re.compile(
+    r"^(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
+    r"(?:(?P<meta>/metadata)|:(?P<verb>[A-Za-z]+))?$"
+)
 
 
 @bp.errorhandler(InputError)
@@ -37,7 +42,7 @@ def models(spec: str):
     match = _PATH.match(spec)
     if not match:
         raise ApiError(404, "not_found", f"unknown path /v1/models/{spec}")
-    name, version, meta, verb = match.group("name", "version", "meta", "verb")
+    name, version, label, meta, verb = match.group("name", "version", "label", "meta", "verb")
     allowed = ["POST"] if verb else ["GET"]
     if request.method not in allowed:
         raise MethodNotAllowed(valid_methods=allowed)
@@ -45,7 +50,9 @@ def models(spec: str):
         raise ApiError(400, "unsupported_verb", f":{verb} is not served; this model answers :predict")
     rt = ready_runtime()
     try:
-        model = rt.get(name, version)
+        model = rt.get(name, version, label)
+    except LabelNotFound as exc:
+        raise ApiError(404, "label_not_found", f"Unrecognized servable version label: {label}") from exc
     except ModelNotFound as exc:
         which = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
         code = "version_not_found" if version is not None and name in rt.models else "model_not_found"
@@ -54,7 +61,7 @@ def models(spec: str):
         return _predict(model)
     if meta:
         return _json(_metadata(model))
-    versions = [version] if version is not None else list(reversed(rt.versions(name)))
+    versions = [model.version] if version is not None or label is not None else list(reversed(rt.versions(name)))
     return _json(
         {
             "model_version_status": [

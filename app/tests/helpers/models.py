@@ -26,7 +26,8 @@ def load_training_script() -> ModuleType:
 
 def build_models_dir(root: Path) -> Path:
     """A host's model folder as the app_release role lays it out: digits 1 (the default), and
-    iris 1 and 2 (2 cut from 1 by the release tools' cut), with the manifest in declared order."""
+    iris 1 and 2 (2 cut from 1 by the release tools' cut), with the manifest in declared order and
+    version labels (digits stable: 1; iris stable: 1, canary: 2)."""
     models = root / "models"
     shutil.copytree(MODEL_DIR, models / "digits" / "1")
     shutil.copytree(IRIS_DIR, models / "iris" / "1")
@@ -44,7 +45,12 @@ def build_models_dir(root: Path) -> Path:
         check=True,
         capture_output=True,
     )
-    manifest = {"models": [{"name": "digits", "versions": ["1"]}, {"name": "iris", "versions": ["1", "2"]}]}
+    manifest = {
+        "models": [
+            {"name": "digits", "versions": ["1"], "labels": {"stable": "1"}},
+            {"name": "iris", "versions": ["1", "2"], "labels": {"stable": "1", "canary": "2"}},
+        ]
+    }
     (models / "models.json").write_text(json.dumps(manifest))
     return models
 

@@ -26,12 +26,13 @@ def readyz() -> dict:
     return requests.get(f"{BASE}/readyz", timeout=5).json()
 
 
-def models_extra(iris_base: Path, policy: dict) -> str:
+def models_extra(iris_base: Path, policy: dict, labels: dict | None = None) -> str:
+    iris = {"name": "iris", "base_path": str(iris_base), "version_policy": policy}
     return json.dumps(
         {
             "app_release_models": [
                 {"name": "digits", "base_path": "digits"},
-                {"name": "iris", "base_path": str(iris_base), "version_policy": policy},
+                {**iris, **({"version_labels": labels} if labels else {})},
             ]
         }
     )
@@ -88,7 +89,7 @@ def test_rolling_one_model_to_a_new_version_drops_nothing_and_keeps_the_old_one(
         Load(threads=3, keepalive=2) as digits,
         Load(threads=3, keepalive=2, model="iris", features=VIRGINICA, label="virginica") as iris,
     ):
-        result = playbook("deploy.yml", "-e", models_extra(iris_base, {"latest": 2}))
+        result = playbook("deploy.yml", "-e", models_extra(iris_base, {"latest": 2}, {"stable": 1, "canary": 2}))
     assert result.returncode == 0, result.stdout[-3000:]
     assert digits.failures == [], digits.summary()
     assert iris.failures == [], iris.summary()
@@ -109,9 +110,33 @@ def test_rolling_one_model_to_a_new_version_drops_nothing_and_keeps_the_old_one(
         assert response.status_code == 200
         assert int(np.argmax(response.json()["predictions"][0])) == 2
         assert requests.get(f"{BASE}/v2/models/iris/versions/{version}/ready", timeout=5).status_code == 200
+    labels_through_nginx()
     # The numbers for the issue's note (a passing test's output is not shown).
     (ROOT / ".cache").mkdir(exist_ok=True)
     (ROOT / ".cache" / "models-rollout.txt").write_text(f"digits: {digits.summary()}\niris: {iris.summary()}\n")
+
+
+def labels_through_nginx() -> None:
+    """The inventory's version labels (stable 1, canary 2) in every protocol, through nginx: as a
+    TF Serving REST client calls, with tritonclient, and on /predict; an unknown label is a 404."""
+    assert next(m for m in readyz()["models"] if m["name"] == "iris")["labels"] == {"canary": "2", "stable": "1"}
+    for label, version in (("stable", "1"), ("canary", "2")):
+        tf = requests.post(f"{BASE}/v1/models/iris/labels/{label}:predict", json={"instances": [VIRGINICA]}, timeout=10)
+        assert tf.status_code == 200, tf.text
+        assert int(np.argmax(tf.json()["predictions"][0])) == 2
+        status = requests.get(f"{BASE}/v1/models/iris/labels/{label}", timeout=5).json()["model_version_status"]
+        assert [s["version"] for s in status] == [version]
+        own = requests.post(f"{BASE}/predict?model=iris&label={label}", json=VIRGINICA, timeout=10)
+        assert own.json()["model"] == {"name": "iris", "version": version}, own.text
+        with httpclient.InferenceServerClient(BASE.removeprefix("http://"), network_timeout=30) as client:
+            tensor = httpclient.InferInput("features", [1, 4], "FP32")
+            tensor.set_data_from_numpy(np.array([list(VIRGINICA.values())], np.float32))
+            result = client.infer(f"iris/labels/{label}", [tensor])
+            assert result.get_response()["model_version"] == version
+            assert result.as_numpy("species").argmax(axis=1).tolist() == [2]
+    unknown = requests.post(f"{BASE}/v1/models/iris/labels/beta:predict", json={"instances": [VIRGINICA]}, timeout=10)
+    assert unknown.status_code == 404
+    assert unknown.json()["error"] == "Unrecognized servable version label: beta"
 
 
 def test_a_policy_that_drops_the_old_version_stops_answering_it(iris_base):
