@@ -282,6 +282,8 @@ def test_version_labels_name_served_versions_and_reach_the_manifest(iris_base):
         ({"2": 2}, "version label '2' must start with a letter"),
         ({"has space": 2}, "version label 'has space' must start with a letter"),
         (["stable"], "version_labels is a mapping of label: version"),
+        ({"stable\n": 2}, "version label 'stable\\n' must start with a letter"),
+        ({True: 2, "stable": 2}, "version label True must be a string: quote it"),
     ],
 )
 def test_version_labels_refused_with_reasons(iris_base, labels, message):

@@ -56,3 +56,8 @@ def test_a_file_without_a_record_or_a_bad_one_is_an_operators():
 def test_a_record_cannot_say_the_host_is_not_drained():
     state = drain.nginx_drain_state(["drained", '{"drained": false, "by": "operator"}'])
     assert state == {"drained": True, "by": "operator", "reason": "", **NOT_GATED, "out_of_rotation": True}
+
+
+def test_a_driver_upgrades_drain_is_its_own():
+    state = drain.nginx_drain_state(["drained", '{"by": "gpu_upgrade", "reason": "driver upgrade"}'])
+    assert (state["by"], state["reason"]) == ("gpu_upgrade", "driver upgrade")

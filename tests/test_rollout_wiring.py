@@ -112,3 +112,22 @@ def test_a_conditional_drain_is_an_include_so_its_wait_for_requests_in_flight_ru
                     if imported.get("tasks_from") == "drain.yml" and "when" in task:
                         found.append(f"{playbook.name}: {task['name']}")
     assert found == []
+
+
+def test_deploys_and_rollbacks_put_back_only_the_hosts_a_rollout_drained():
+    """An operator's drain stays, and so does a driver upgrade's (gpu_upgrade.yml stops, drained,
+    for the host's reboot): a deploy or rollback in between must not put back a host whose new
+    driver is not loaded yet. gpu_upgrade.yml itself ends its own drain and a rollout's."""
+    root = Path(__file__).resolve().parents[1]
+    undrains = {}
+    for name in ("deploy.yml", "rollback.yml", "gpu_upgrade.yml"):
+        for play in yaml.safe_load((root / "playbooks" / name).read_text()) or []:
+            for task in play.get("post_tasks") or []:
+                imported = task.get("ansible.builtin.import_role") or {}
+                if imported.get("tasks_from") == "undrain.yml":
+                    undrains[name] = task["when"]
+    assert undrains == {
+        "deploy.yml": "nginx_drain_state.by == 'rollout'",
+        "rollback.yml": "nginx_drain_state.by == 'rollout'",
+        "gpu_upgrade.yml": "nginx_drain_state.by != 'operator'",
+    }

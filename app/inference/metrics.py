@@ -62,6 +62,16 @@ BATCH_WAIT = Histogram(
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
 )
 INSTANCES = Counter("funfleet_predictions", "Instances predicted", ["model", "version"])
+# What a classifier answers, per model version: the top-1 class of every instance. A canary's
+# answers can then be compared with the baseline's (a model with its labels in the wrong order
+# answers 200, fast, and wrong). Classes come from the release's labels.json, never from a
+# request; past CLASS_SERIES classes the rest count as "other", so a model with thousands of
+# classes adds a bounded number of series.
+PREDICTED_CLASSES = Counter(
+    "funfleet_prediction_classes", "Instances predicted, by their top-1 class", ["model", "version", "class"]
+)
+CLASS_SERIES = 64
+OTHER_CLASS = "other"
 MODEL_READY = Gauge(
     "funfleet_model_ready",
     "1 while a live worker has this model version loaded and warm; 0 once none has",
@@ -101,6 +111,25 @@ def observe_request(endpoint: str, method: str, status: int, seconds: float | No
     REQUESTS.labels(endpoint, method_label(method), str(status)).inc()
     if seconds is not None:
         LATENCY.labels(endpoint, str(status)).observe(seconds)
+
+
+# (model, version, class index) -> its series: labels() checks and converts its values on every
+# call, which costs as much as the increment itself on the request path. Bounded as the series are.
+_CLASS_SERIES_CACHE: dict[tuple[str, str, int], object] = {}
+
+
+def observe_classes(model: str, version: str, labels: tuple[str, ...], top: list[int]) -> None:
+    """Count each instance's top-1 class (its index in ``labels``) for the model version."""
+    for index in top:
+        key = (model, version, index if 0 <= index < min(len(labels), CLASS_SERIES) else -1)
+        series = _CLASS_SERIES_CACHE.get(key)
+        if series is None:
+            series = _CLASS_SERIES_CACHE[key] = PREDICTED_CLASSES.labels(model, version, _class_label(labels, index))
+        series.inc()  # type: ignore[attr-defined]
+
+
+def _class_label(labels: tuple[str, ...], index: int) -> str:
+    return labels[index] if 0 <= index < min(len(labels), CLASS_SERIES) else OTHER_CLASS
 
 
 def _alive(pid: int) -> bool:

@@ -93,7 +93,7 @@ def labels(model_dir: str | Path, declared: list[Declared]) -> dict[str, dict[st
             if not isinstance(named, dict):
                 raise TypeError(f"labels of {name} must be an object of label: version")
             for label, version in named.items():
-                if not LABEL.match(str(label)):
+                if not isinstance(label, str) or not LABEL.fullmatch(label):
                     raise ValueError(f"label {label!r} of {name}: a letter, then letters, digits, '_', '.' or '-'")
                 if str(version) not in served.get(name, set()):
                     raise ValueError(f"label {label!r} of {name} names version {version}, which is not served")

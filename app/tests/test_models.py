@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -206,6 +207,7 @@ def test_an_unknown_label_is_a_404_in_every_protocol(multi_client):
     [
         ({"stable": "3"}, "label 'stable' of iris names version 3, which is not served"),
         ({"1": "1"}, "label '1' of iris: a letter, then letters, digits"),
+        ({"stable\n": "1"}, "label 'stable\\n' of iris: a letter"),
         (["stable"], "labels of iris must be an object"),
     ],
 )
@@ -220,3 +222,37 @@ def test_a_label_on_a_version_not_served_fails_readiness(tmp_path, labels, error
     response = create_app({"model_dir": str(tmp_path)}).test_client().get("/readyz")
     assert response.status_code == 503
     assert error in response.get_json()["error"]
+
+
+def classes(client, model: str, version: str) -> dict[str, float]:
+    """funfleet_prediction_classes_total by class, for one model version."""
+    text = client.get("/metrics").get_data(as_text=True)
+    found = {}
+    wanted = ("funfleet_prediction_classes_total{", f'model="{model}"', f'version="{version}"')
+    for line in text.splitlines():
+        if line.startswith(wanted[0]) and wanted[1] in line and wanted[2] in line:
+            found[re.search(r'class="([^"]*)"', line)[1]] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def test_each_instances_top_class_is_counted_per_model_version(multi_client, samples):
+    """What a canary's answers are compared on: the top-1 class of every instance, whatever the
+    protocol, by model and version."""
+    digits_before, iris_before = classes(multi_client, "digits", "1"), classes(multi_client, "iris", "1")
+    assert multi_client.post("/predict", data=samples["7"], content_type="image/png").status_code == 200  # fast path
+    rows = [dict(zip(FEATURES, v, strict=True)) for v in FLOWERS.values()]
+    assert multi_client.post("/v1/models/iris/versions/1:predict", json={"instances": rows}).status_code == 200
+    digits, iris = classes(multi_client, "digits", "1"), classes(multi_client, "iris", "1")
+    assert digits.get("7", 0) - digits_before.get("7", 0) == 1
+    assert sum(digits.values()) - sum(digits_before.values()) == 1
+    assert {k: iris.get(k, 0) - iris_before.get(k, 0) for k in FLOWERS} == dict.fromkeys(FLOWERS, 1)
+
+
+def test_class_series_stay_bounded_for_models_with_many_classes():
+    from inference import metrics
+
+    labels = tuple(f"c{i}" for i in range(1000))
+    assert metrics._class_label(labels, 3) == "c3"
+    assert metrics._class_label(labels, metrics.CLASS_SERIES) == metrics.OTHER_CLASS
+    assert metrics._class_label(labels, 999) == metrics.OTHER_CLASS
+    assert metrics._class_label(("a", "b"), 5) == metrics.OTHER_CLASS  # an output wider than labels.json

@@ -173,8 +173,11 @@ def _labels(name: str, labels: object, served: list[str]) -> dict[str, str]:
     if not isinstance(labels, dict):
         raise AnsibleFilterError(f"model {name}: version_labels is a mapping of label: version, e.g. {{stable: 1}}")
     checked = {}
+    for label in labels:
+        if not isinstance(label, str):  # YAML reads on, off, yes, no and null as other types
+            raise AnsibleFilterError(f"model {name}: version label {label!r} must be a string: quote it")
     for label, version in sorted(labels.items()):
-        if not LABEL.match(str(label)):
+        if not LABEL.fullmatch(label):
             raise AnsibleFilterError(
                 f"model {name}: version label {label!r} must start with a letter "
                 "(then letters, digits, '_', '.' or '-')"

@@ -3,11 +3,12 @@
 ``lines | nginx_drain_state`` takes the output of ``[ -e FILE ] && printf 'drained\\n' && cat FILE``
 (nothing when the host is not drained), then, where the host has a health gate file that exists,
 a line ``#gated`` and that file, and answers ``{drained, by, reason, gated, gate_reason,
-out_of_rotation}`` (out of rotation: drained or gated). ``by`` is "operator" (drain.yml) or
-"rollout" (a deploy's or rollback's own drain). A file that holds no record (written before
-records were kept, or damaged) is an operator's: a host someone drained stays drained until
-undrain.yml, whatever is in its file. A gated host's own health check (a sick GPU) holds it out
-until the check passes again, whatever the rollouts do.
+out_of_rotation}`` (out of rotation: drained or gated). ``by`` is "operator" (drain.yml),
+"rollout" (a deploy's or rollback's own drain) or "gpu_upgrade" (a driver upgrade's, held until
+gpu_upgrade.yml has checked the host after its reboot: a deploy or rollback leaves it). A file
+that holds no record (written before records were kept, or damaged) is an operator's: a host
+someone drained stays drained until undrain.yml, whatever is in its file. A gated host's own
+health check (a sick GPU) holds it out until the check passes again, whatever the rollouts do.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 from typing import Any
 
 NOT_DRAINED = {"drained": False, "by": "", "reason": ""}
+DRAINED_BY = ("operator", "rollout", "gpu_upgrade")
 GATE_MARK = "#gated"
 
 
@@ -58,7 +60,7 @@ def drain_record(lines: list[str]) -> dict[str, Any]:
             if text in ("", "drained")
             else "an unreadable drain record",
         }
-    by = record.get("by") if record.get("by") in ("operator", "rollout") else "operator"
+    by = record.get("by") if record.get("by") in DRAINED_BY else "operator"
     return {"drained": True, "by": by, "reason": str(record.get("reason") or "")}
 
 

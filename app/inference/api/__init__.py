@@ -46,6 +46,11 @@ def infer(model: ServedModel, batch: np.ndarray) -> list[np.ndarray]:
     if not model.batched:
         metrics.BATCH.observe(len(batch))
     metrics.INSTANCES.labels(model.name, model.version).inc(len(batch))
+    release = model.release
+    if release.task == "classification" and release.labels:
+        scores = np.asarray(outputs[0])
+        top = scores.reshape(len(scores), -1).argmax(axis=1).tolist() if scores.ndim >= 1 and len(scores) else []
+        metrics.observe_classes(model.name, model.version, release.labels, top)
     return outputs
 
 
