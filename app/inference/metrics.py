@@ -113,18 +113,18 @@ def observe_request(endpoint: str, method: str, status: int, seconds: float | No
         LATENCY.labels(endpoint, str(status)).observe(seconds)
 
 
-# (model, version, class index) -> its series: labels() checks and converts its values on every
-# call, which costs as much as the increment itself on the request path. Bounded as the series are.
-_CLASS_SERIES_CACHE: dict[tuple[str, str, int], object] = {}
+# (model, version, class) -> its series: labels() checks and converts its values on every call,
+# which costs as much as the increment itself on the request path. Bounded as the series are.
+_CLASS_SERIES_CACHE: dict[tuple[str, str, str], object] = {}
 
 
 def observe_classes(model: str, version: str, labels: tuple[str, ...], top: list[int]) -> None:
     """Count each instance's top-1 class (its index in ``labels``) for the model version."""
     for index in top:
-        key = (model, version, index if 0 <= index < min(len(labels), CLASS_SERIES) else -1)
+        key = (model, version, _class_label(labels, index))
         series = _CLASS_SERIES_CACHE.get(key)
         if series is None:
-            series = _CLASS_SERIES_CACHE[key] = PREDICTED_CLASSES.labels(model, version, _class_label(labels, index))
+            series = _CLASS_SERIES_CACHE[key] = PREDICTED_CLASSES.labels(*key)
         series.inc()  # type: ignore[attr-defined]
 
 
