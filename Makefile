@@ -13,10 +13,10 @@ SCENARIOS ?= default fleet gpu online edge
 export PATH := $(abspath $(BIN)):$(PATH)
 export ANSIBLE_CONFIG := $(abspath ansible.cfg)
 
-.PHONY: help setup system-packages lint collection test release deploy rollback test-app test-unit test-molecule image demo demo-down serve-app bench clean
+.PHONY: help setup system-packages lint collection test release deploy rollback traffic test-app test-unit test-molecule image demo demo-down serve-app bench clean
 
 help:
-	@echo "make demo       set everything up, deploy to a local fleet (lb + 2 app hosts), print real predictions"
+	@echo "make demo       set everything up, deploy to a local fleet (lb, 2 app hosts, Prometheus), print real predictions"
 	@echo "make test       lint + app tests + molecule scenarios (what CI runs)"
 	@echo "make test-app   the inference service's tests only"
 	@echo "make serve-app PORT=8000   the app under a real uWSGI on 127.0.0.1:PORT"
@@ -25,6 +25,7 @@ help:
 	@echo "make release FROM=files/models/digits/1 VERSION=2   cut a new release version (.cache/releases/)"
 	@echo "make deploy MODEL=.cache/releases/digits/2          rolling deploy to the local fleet"
 	@echo "make rollback                                       roll the local fleet back"
+	@echo "make traffic DURATION=60 RATE=40                    client traffic through the local fleet (a canary needs it)"
 
 $(VENV)/.installed: requirements.txt app/requirements.txt app/requirements-dev.txt app/pyproject.toml
 	python3 -m venv $(VENV)
@@ -86,6 +87,10 @@ deploy: setup
 
 rollback: setup
 	$(BIN)/ansible-playbook playbooks/rollback.yml
+
+# Bounded client traffic through the local fleet's balancer (a canary's windows need requests).
+traffic: setup
+	$(PY) scripts/traffic $(or $(DURATION),60) $(or $(RATE),40)
 
 # The app alone under the uWSGI options every host runs (roles/uwsgi/files/base.ini), with
 # uWSGI's keep-alive HTTP router in front of the workers instead of nginx.

@@ -28,7 +28,11 @@ def sh(container: str, *argv: str, check: bool = True, timeout: float = 60) -> s
     return result
 
 
-def _playbook_command(name: str, *extra: str) -> tuple[list[str], dict[str, str]]:
+def _playbook_command(name: str, *extra: str, canary: bool = False) -> tuple[list[str], dict[str, str]]:
+    """A deploy judges no canary unless the test asks (canary=True): a canary's windows need
+    traffic, and a fleet with a monitoring host has one by default (test_rollout_canary.py)."""
+    if name == "deploy.yml" and not canary:
+        extra = ("-e", "funfleet_canary=false", *extra)
     inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
     binary = shutil.which("ansible-playbook") or str(Path(sys.executable).with_name("ansible-playbook"))
     env = {
@@ -41,16 +45,16 @@ def _playbook_command(name: str, *extra: str) -> tuple[list[str], dict[str, str]
     return [binary, "-i", str(inventory), str(ROOT / "playbooks" / name), *extra], env
 
 
-def playbook(name: str, *extra: str) -> subprocess.CompletedProcess:
+def playbook(name: str, *extra: str, canary: bool = False) -> subprocess.CompletedProcess:
     """One of the repo's playbooks against the scenario's inventory."""
-    cmd, env = _playbook_command(name, *extra)
+    cmd, env = _playbook_command(name, *extra, canary=canary)
     return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
 
 
-def background_playbook(name: str, *extra: str) -> subprocess.Popen:
+def background_playbook(name: str, *extra: str, canary: bool = False) -> subprocess.Popen:
     """The same, started in the background in a process group of its own (a test can Ctrl-C it as
     a terminal does: SIGINT to the group), its output together on ``stdout``."""
-    cmd, env = _playbook_command(name, *extra)
+    cmd, env = _playbook_command(name, *extra, canary=canary)
     return subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT, start_new_session=True
     )
@@ -113,15 +117,20 @@ class Load:
         label: str = "7",
         model: str | None = None,
         features: dict[str, float] | None = None,
+        wrong_is_failure: bool = True,
     ) -> None:
         """``model`` picks the model (/predict?model=); ``features`` sends a tabular model's JSON
-        features instead of the digit image, and ``label`` is then the class it must answer."""
+        features instead of the digit image, and ``label`` is then the class it must answer.
+        ``wrong_is_failure=False`` counts a 200 with another label in ``wrong`` (by the host that
+        answered) rather than as a failure: a canary that answers wrong is the judge's to find."""
         self.base, self.threads, self.keepalive, self.label = base, threads, keepalive, label
         self.path = "/predict" + (f"?model={model}" if model else "")
         self.features = features
         self.max_requests, self.max_seconds = max_requests, max_seconds
         self.rate = rate
         self.ok = 0
+        self.wrong_is_failure = wrong_is_failure
+        self.wrong: Counter[str] = Counter()
         self.failures: list[str] = []
         self.served_by: Counter[str] = Counter()
         self.versions: Counter[str] = Counter()
@@ -155,6 +164,10 @@ class Load:
                 try:
                     r = session.post(f"{self.base}{self.path}", **body, headers=headers, timeout=60)
                     good = r.status_code == 200 and r.json().get("best_prediction") == self.label
+                    if r.status_code == 200 and not good and not self.wrong_is_failure:
+                        with self._lock:
+                            self.wrong[r.headers.get("X-Served-By", "?")] += 1
+                        good = True
                     outcome = None if good else f"{r.status_code} {r.text[:120]}"
                 except (requests.RequestException, ValueError) as exc:
                     r, outcome = None, f"{'keep-alive' if reuse else 'new connection'}: {type(exc).__name__}: {exc}"
@@ -181,6 +194,11 @@ class Load:
             worker.start()
         return self
 
+    def wait(self) -> None:
+        """Block until the clients are done: their seconds or their requests are spent."""
+        for worker in self._workers:
+            worker.join()
+
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         for worker in self._workers:
@@ -199,4 +217,5 @@ class Load:
             f"{f'{self.rate:g}/s paced' if self.rate else 'back to back'}); "
             f"p50 {self.percentile(0.5):.1f} ms, p99 {self.percentile(0.99):.1f} ms, max {self.percentile(1.0):.1f} ms; "
             f"served by {dict(self.served_by)}; versions {dict(self.versions)}"
+            + (f"; wrong answers {dict(self.wrong)}" if self.wrong else "")
         )

@@ -614,7 +614,7 @@ def test_promtool_accepts_the_config_and_the_rules():
     config = sh(MONITOR, "promtool", "check", "config", "/etc/prometheus/prometheus.yml")
     assert "SUCCESS" in config.stdout + config.stderr
     rules = sh(MONITOR, "promtool", "check", "rules", "/etc/prometheus/funfleet-rules.yml")
-    assert "SUCCESS: 14 rules found" in rules.stdout + rules.stderr
+    assert "SUCCESS: 15 rules found" in rules.stdout + rules.stderr
 
 
 def out_of_rotation_case(hosts: int, out: int, description: str) -> dict:

@@ -27,6 +27,7 @@ testinfra_hosts = ["funfleet-fleet-lb"]  # every test runs once; hosts are reach
 LB = "funfleet-fleet-lb"
 APPS = ["funfleet-fleet-app1", "funfleet-fleet-app2"]
 CLIENT = "funfleet-fleet-client"
+MONITOR = "funfleet-fleet-monitor"
 MODEL_V1 = ROOT / "files" / "models" / "digits" / "1"
 REPORT: dict[str, str] = {}
 
@@ -144,14 +145,18 @@ def test_balancer_config_names_every_app_host_with_failover():
 
 def test_the_scenario_inventory_is_bare():
     """The secure defaults below hold with an inventory that only lists hosts, as an operator's
-    first one does: no group_vars, no host_vars."""
+    first one does: no group_vars, no host_vars. (The monitoring host's own scrape interval, 2 s
+    so that canary windows last seconds, is the one setting, beside it in molecule.yml.)"""
     inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
     assert not (inventory / "group_vars").exists()
     assert not (inventory / "host_vars").exists()
 
 
 def test_app_hosts_take_http_from_the_balancer_only():
+    """Clients reach the app hosts through the balancer only; the monitoring host reads /metrics
+    and the exporters, and nobody else reaches anything."""
     lb_address = sh(LB, "hostname", "-I").stdout.split()[0]
+    monitor = sh(MONITOR, "hostname", "-I").stdout.split()[0]
     probe = "import socket, sys; socket.create_connection((sys.argv[1], 80), timeout=3); print('connected')"
     for app in APPS:
         from_lb = sh(LB, "python3", "-c", probe, app, check=False)
@@ -162,7 +167,12 @@ def test_app_hosts_take_http_from_the_balancer_only():
         assert "timed out" in from_client.stderr  # UFW drops, it does not reject
         rules = sh(app, "ufw", "status").stdout
         allowed = [" ".join(line.split()) for line in rules.splitlines() if "ALLOW" in line]
-        assert allowed == [f"80/tcp ALLOW {lb_address} # funfleet:http-from-lb-{lb_address}"], rules
+        assert allowed == [
+            f"80/tcp ALLOW {lb_address} # funfleet:http-from-lb-{lb_address}",
+            f"80/tcp ALLOW {monitor} # funfleet:http-from-monitoring-{monitor}",
+            f"9100/tcp ALLOW {monitor} # funfleet:node-exporter-{monitor}",
+            f"9113/tcp ALLOW {monitor} # funfleet:nginx-exporter-{monitor}",
+        ], rules
 
 
 def test_steady_state_through_the_balancer():
