@@ -57,7 +57,7 @@ test-unit: setup
 
 image: setup
 	@mkdir -p .cache
-	@scripts/bootstrap/build-testhost-image $(SUITE) > .cache/image
+	@tmp=$$(mktemp .cache/image.XXXXXX) && { scripts/bootstrap/build-testhost-image $(SUITE) > "$$tmp" || { rm -f "$$tmp"; exit 1; }; } && mv -f "$$tmp" .cache/image
 	@echo "test-host image: $$(cat .cache/image)"
 
 test-molecule: image

@@ -26,6 +26,7 @@ _spec.loader.exec_module(judge)
 LIMITS = {
     "min_requests": 50,
     "max_5xx_increase": 0.01,
+    "max_4xx_increase": 0.05,
     "max_p99_ratio": 1.5,
     "p99_margin": 0.025,
     "class_p_value": 0.001,
@@ -64,11 +65,13 @@ def test_the_quantile_interpolates_within_its_bucket_as_prometheus_does():
     assert judge.quantile(0.99, {0.01: 10.0, 5.0: 10.0, math.inf: 100.0}) == 5.0
 
 
-def group(requests=500.0, errors=0.0, p99=0.012, classes=None):
+def group(requests=500.0, errors=0.0, p99=0.012, classes=None, refused=0.0):
     return {
         "requests": requests,
         "errors": errors,
         "error_ratio": errors / requests if requests else None,
+        "refused": refused,
+        "refused_ratio": refused / requests if requests else None,
         "p99": p99,
         "classes": {"digits": dict(DIGITS if classes is None else classes)},
     }
@@ -111,6 +114,42 @@ def test_a_large_sample_with_a_small_shift_passes_on_its_effect_size():
     _, _, tests = judge.judge(group(classes=shifted), group(classes=big), LIMITS)
     assert tests["digits"]["p_value"] < LIMITS["class_p_value"]
     assert judge.judge(group(classes=shifted), group(classes=big), LIMITS)[0] == "pass"
+
+
+def test_a_canary_that_refuses_what_the_baseline_answers_fails():
+    """A release that lost a model or a label answers 404s: no 5xx, no 2xx latency, few classes."""
+    verdict, reasons, _ = judge.judge(group(refused=450.0, p99=None), group(requests=1500.0, refused=15.0), LIMITS)
+    assert verdict == "fail"
+    assert reasons[0].startswith("4xx ratio 0.9000 on the canary against 0.0100 on the baseline")
+
+
+def test_a_model_the_canary_never_answers_fails():
+    canary, baseline = group(), group(requests=1500.0)
+    baseline["classes"]["iris"] = {"setosa": 300.0, "virginica": 300.0}
+    verdict, reasons, _ = judge.judge(canary, baseline, LIMITS)
+    assert verdict == "fail"
+    assert reasons == [
+        "the canary answered no prediction of iris, which the baseline answered 600 times "
+        "(200 expected at the canary's share)"
+    ]
+    # At a share too small to expect min_requests of it, its absence proves nothing.
+    baseline["classes"]["iris"] = {"setosa": 60.0}
+    assert judge.judge(canary, baseline, LIMITS)[0] == "pass"
+
+
+def test_rare_classes_are_pooled_before_the_test():
+    ours, theirs = judge.pool({"a": 50.0, "b": 50.0, "c": 1.0, "d": 0.0}, {"a": 60.0, "b": 40.0, "c": 2.0, "d": 3.0})
+    assert ours == {"a": 50.0, "b": 50.0, "(pooled)": 1.0}
+    assert theirs == {"a": 60.0, "b": 40.0, "(pooled)": 5.0}
+
+
+def test_a_window_with_a_nan_sample_counts_it_as_no_data():
+    samples = {
+        "requests": [{"metric": {"host": "a", "status": "200"}, "value": float("nan")}],
+        "latency": [],
+        "classes": [],
+    }
+    assert judge.measure(samples, {"a"})["requests"] == 0
 
 
 @pytest.mark.parametrize("who", ["canary", "baseline"])
@@ -211,7 +250,7 @@ def prometheus():
 
 def module(tmp_path, **args) -> dict:
     path = tmp_path / "args.json"
-    path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {"window": 0, "lag": 0, **args}}))
+    path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {"window": 1, "lag": 0, **args}}))
     done = subprocess.run([sys.executable, str(MODULE), str(path)], capture_output=True, text=True, check=False)
     return json.loads(done.stdout)
 

@@ -14,10 +14,12 @@ description:
   - Waits one window (plus one scrape interval, so that the window's last samples are in), then asks the
     Prometheus API at O(prometheus_url) for the requests, the latency and the predicted classes of the canary hosts
     and of the baseline hosts over that window, and judges the canary against the baseline.
-  - "Three checks: the canary's 5xx ratio over the baseline's by more than O(max_5xx_increase); the canary's p99 of
-    successful predictions over both O(max_p99_ratio) times and O(p99_margin) seconds over the baseline's; and, per
-    model, the distribution of its top-1 classes: a chi-square test of homogeneity of the canary's class counts
-    against the baseline's (p-value under O(class_p_value)) whose effect is large enough (total variation distance
+  - "The checks: the canary's 5xx ratio over the baseline's by more than O(max_5xx_increase), and its 4xx ratio by
+    more than O(max_4xx_increase); the canary's p99 of successful predictions over both O(max_p99_ratio) times and
+    O(p99_margin) seconds over the baseline's; a model the baseline answers that the canary, at its share, should
+    have answered O(min_requests) times and never did; and, per model, the distribution of its top-1 classes: a
+    chi-square test of homogeneity of the canary's class counts against the baseline's (classes expected fewer
+    than 5 times pooled; p-value under O(class_p_value)) whose effect is large enough (total variation distance
     over O(class_min_distance)), so that a large sample's harmless noise does not fail a canary."
   - Fewer than O(min_requests) predictions on the canary or on the baseline in the window is inconclusive, never a
     pass. The step is judged again over the next window, up to O(inconclusive_windows) times in all; then the canary
@@ -68,6 +70,12 @@ options:
     description: How much higher the canary's 5xx ratio may be than the baseline's (0.01 is one point).
     type: float
     default: 0.01
+  max_4xx_increase:
+    description: >-
+      How much higher the canary's 4xx ratio may be than the baseline's: both see the same clients, so a release
+      that refuses what the one before answered (a model or a label gone, an input it no longer takes) fails.
+    type: float
+    default: 0.05
   max_p99_ratio:
     description: The canary fails when its p99 is over this many times the baseline's (and over it by O(p99_margin)).
     type: float
@@ -227,21 +235,22 @@ def quantile(q: float, buckets: dict[float, float]) -> float | None:
 
 
 def measure(samples: dict[str, list[dict]], group: set[str]) -> dict:
-    """One group's numbers from the three queries' samples (each {metric: labels, value: float})."""
-    requests = sum(s["value"] for s in samples["requests"] if s["metric"].get("host") in group)
-    errors = sum(
-        s["value"]
-        for s in samples["requests"]
-        if s["metric"].get("host") in group and s["metric"].get("status", "").startswith("5")
-    )
+    """One group's numbers from the three queries' samples (each {metric: labels, value: float}).
+    A value that is not finite (NaN from a series reset mid-window) counts as no data."""
+
+    def mine(kind: str) -> list[dict]:
+        return [s for s in samples[kind] if s["metric"].get("host") in group and math.isfinite(s["value"])]
+
+    requests = sum(s["value"] for s in mine("requests"))
+    errors = sum(s["value"] for s in mine("requests") if s["metric"].get("status", "").startswith("5"))
+    refused = sum(s["value"] for s in mine("requests") if s["metric"].get("status", "").startswith("4"))
     buckets: dict[float, float] = {}
-    for s in samples["latency"]:
-        if s["metric"].get("host") in group:
-            le = float(s["metric"]["le"])
-            buckets[le] = buckets.get(le, 0.0) + s["value"]
+    for s in mine("latency"):
+        le = float(s["metric"]["le"])
+        buckets[le] = buckets.get(le, 0.0) + s["value"]
     classes: dict[str, dict[str, float]] = {}
-    for s in samples["classes"]:
-        if s["metric"].get("host") in group and s["value"] > 0:
+    for s in mine("classes"):
+        if s["value"] > 0:
             model = classes.setdefault(s["metric"].get("model", "?"), {})
             name = s["metric"].get("class", "?")
             model[name] = model.get(name, 0.0) + s["value"]
@@ -249,9 +258,26 @@ def measure(samples: dict[str, list[dict]], group: set[str]) -> dict:
         "requests": requests,
         "errors": errors,
         "error_ratio": errors / requests if requests > 0 else None,
+        "refused": refused,
+        "refused_ratio": refused / requests if requests > 0 else None,
         "p99": quantile(0.99, buckets),
         "classes": classes,
     }
+
+
+def pool(canary: dict[str, float], baseline: dict[str, float], least: float = 5.0) -> tuple[dict, dict]:
+    """The two tables with the classes whose expected count is under ``least`` on either side
+    pooled into one (the chi-square approximation needs about 5 expected per cell)."""
+    n_canary, n_baseline = sum(canary.values()), sum(baseline.values())
+    n = n_canary + n_baseline
+    ours: dict[str, float] = {}
+    theirs: dict[str, float] = {}
+    for c in set(canary) | set(baseline):
+        column = canary.get(c, 0) + baseline.get(c, 0)
+        name = c if min(n_canary, n_baseline) * column / n >= least else "(pooled)"
+        ours[name] = ours.get(name, 0.0) + canary.get(c, 0)
+        theirs[name] = theirs.get(name, 0.0) + baseline.get(c, 0)
+    return ours, theirs
 
 
 def judge(canary: dict, baseline: dict, limits: dict) -> tuple[str, list[str], dict]:
@@ -264,12 +290,14 @@ def judge(canary: dict, baseline: dict, limits: dict) -> tuple[str, list[str], d
     if low:
         return "inconclusive", low, {}
     failed = []
-    increase = canary["error_ratio"] - baseline["error_ratio"]
-    if increase > limits["max_5xx_increase"]:
-        failed.append(
-            f"5xx ratio {canary['error_ratio']:.4f} on the canary against {baseline['error_ratio']:.4f} on the "
-            f"baseline (+{increase:.4f}, allowed +{limits['max_5xx_increase']})"
-        )
+    ratios = (("5xx", "error_ratio", "max_5xx_increase"), ("4xx", "refused_ratio", "max_4xx_increase"))
+    for kind, ratio, limit in ratios:
+        increase = canary[ratio] - baseline[ratio]
+        if increase > limits[limit]:
+            failed.append(
+                f"{kind} ratio {canary[ratio]:.4f} on the canary against {baseline[ratio]:.4f} on the "
+                f"baseline (+{increase:.4f}, allowed +{limits[limit]})"
+            )
     if canary["p99"] is not None and baseline["p99"] is not None:
         ceiling = max(baseline["p99"] * limits["max_p99_ratio"], baseline["p99"] + limits["p99_margin"])
         if canary["p99"] > ceiling:
@@ -278,11 +306,21 @@ def judge(canary: dict, baseline: dict, limits: dict) -> tuple[str, list[str], d
                 f"baseline (allowed {ceiling * 1000:.1f} ms)"
             )
     tests = {}
-    for model in sorted(set(canary["classes"]) & set(baseline["classes"])):
-        ours, theirs = canary["classes"][model], baseline["classes"][model]
+    # What the canary should have answered of each model, at its share of the window's requests.
+    share = canary["requests"] / baseline["requests"]
+    for model in sorted(baseline["classes"]):
+        theirs = baseline["classes"][model]
+        ours = canary["classes"].get(model, {})
+        expected = sum(theirs.values()) * share
+        if not ours and expected >= limits["min_requests"]:
+            failed.append(
+                f"the canary answered no prediction of {model}, which the baseline answered "
+                f"{sum(theirs.values()):.0f} times ({expected:.0f} expected at the canary's share)"
+            )
+            continue
         if min(sum(ours.values()), sum(theirs.values())) < limits["min_requests"]:
             continue
-        test = tests[model] = chi_square(ours, theirs)
+        test = tests[model] = chi_square(*pool(ours, theirs))
         if test["p_value"] < limits["class_p_value"] and test["distance"] > limits["class_min_distance"]:
             failed.append(
                 f"{model}'s predicted classes differ from the baseline's: chi-square {test['chi2']:.1f} on "
@@ -333,7 +371,10 @@ def window_queries(hosts: list[str], seconds: int) -> dict[str, str]:
     match = f'host=~"{selector(hosts)}"'
     predict = f'endpoint=~"{PREDICT}"'
     return {
-        "requests": f"sum by (host, status) (increase(funfleet_http_requests_total{{{match},{predict}}}[{seconds}s]))",
+        "requests": (
+            "sum by (host, status) (increase(funfleet_http_requests_total"
+            f'{{{match},{predict},method="POST"}}[{seconds}s]))'
+        ),
         "latency": (
             "sum by (host, le) (increase(funfleet_http_request_duration_seconds_bucket"
             f'{{{match},{predict},status=~"2.."}}[{seconds}s]))'
@@ -380,6 +421,7 @@ def main() -> None:
             "lag": {"type": "int", "default": 15},
             "min_requests": {"type": "int", "default": 50},
             "max_5xx_increase": {"type": "float", "default": 0.01},
+            "max_4xx_increase": {"type": "float", "default": 0.05},
             "max_p99_ratio": {"type": "float", "default": 1.5},
             "p99_margin": {"type": "float", "default": 0.025},
             "class_p_value": {"type": "float", "default": 0.001},
@@ -393,6 +435,8 @@ def main() -> None:
     hosts = p["canary"] + p["baseline"]
     if not p["canary"] or not p["baseline"] or not p["steps"] or not all(HOST.match(h) for h in hosts):
         module.fail_json(msg=f"canary {p['canary']} and baseline {p['baseline']} must be host names, and steps given")
+    if p["min_requests"] < 1 or p["window"] < 1:
+        module.fail_json(msg="min_requests and window must be at least 1")
     if set(p["canary"]) & set(p["baseline"]):
         module.fail_json(msg=f"hosts both canary and baseline: {sorted(set(p['canary']) & set(p['baseline']))}")
     state = dict(p["state"]) if p["state"] else start(p["steps"])
