@@ -103,8 +103,9 @@ def ready():
 def deploy(*extra: str) -> tuple[subprocess.CompletedProcess, float, list[tuple[int, str, int, int]]]:
     started = time.monotonic()
     result = playbook("deploy.yml", *JUDGED, *extra, canary=True)
-    # The output's YAML folds long messages over lines: read them as one.
-    flat = " ".join(result.stdout.split())
+    # The output's YAML folds long messages over lines: read them as one. A failure's message
+    # goes to stderr where molecule's verifier runs it.
+    flat = " ".join((result.stdout + "\n" + result.stderr).split())
     # Each window once (an abort's message repeats the last one).
     windows = sorted({int(w): (int(w), v, int(c), int(b)) for w, v, c, b in WINDOW_LINE.findall(flat)}.values())
     result.stdout = flat
