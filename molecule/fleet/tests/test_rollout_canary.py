@@ -234,3 +234,22 @@ def test_a_release_without_traffic_is_not_promoted(releases):
     )
     assert [v for _, v, _, _ in windows] == ["inconclusive", "inconclusive"]
     REPORT["canary: no traffic, aborted"] = summary(windows, seconds, result)
+
+
+def test_a_judge_that_cannot_read_prometheus_aborts_the_canary_loudly(releases):
+    """The deploy's rescue of a failed judge is no silence: Prometheus stopped, the judge's error
+    stops the run, and the canary goes back as for an abort, its decision recorded."""
+    sh(MONITOR, "systemctl", "stop", "prometheus")
+    try:
+        result, _, windows = deploy("-e", f"app_release_model_src={releases['quiet']}")
+    finally:
+        sh(MONITOR, "systemctl", "start", "prometheus")
+    assert result.returncode != 0
+    assert windows == []
+    assert "Canary aborted" in result.stdout, result.stdout[-4000:]
+    assert "the judge failed: could not read the window from Prometheus" in result.stdout, result.stdout[-4000:]
+    assert release_of(CANARY) == release_of(BASELINE)
+    assert "digits-23" not in release_of(CANARY)
+    assert sh(CANARY, "test", "-e", "/var/lib/funfleet/share", check=False).returncode != 0
+    assert 'decision="abort"' in decision()
+    wait_ready()
