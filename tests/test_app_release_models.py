@@ -295,3 +295,34 @@ def test_version_labels_refused_with_reasons(iris_base, labels, message):
 def test_the_controller_and_the_app_check_labels_alike():
     app_models = (ROOT / "app" / "inference" / "models.py").read_text()
     assert f'LABEL = re.compile(r"{plugin.LABEL.pattern}")' in app_models
+
+
+def test_output_buckets_reach_the_manifest_as_numbers(iris_base):
+    plain = {"name": "iris", "base_path": str(iris_base), "version_policy": {"latest": 2}}
+    resolved = plugin.app_release_resolve_models([{**plain, "output_buckets": [0, 2.5, 100]}])
+    assert plugin.app_release_manifest(resolved)[0]["output_buckets"] == [0.0, 2.5, 100.0]
+    # Without buckets the model's entry (and so the release id) is what it was.
+    assert "output_buckets" not in plugin.app_release_manifest(plugin.app_release_resolve_models([plain]))[0]
+
+
+@pytest.mark.parametrize(
+    ("bounds", "message"),
+    [
+        ([1, 1, 2], "must be strictly ascending"),
+        ([3, 2], "must be strictly ascending"),
+        (["1", 2], "a list of finite numbers"),
+        ([True, 2], "a list of finite numbers"),
+        ([float("nan")], "a list of finite numbers"),
+        ({"bounds": [1]}, "a list of finite numbers"),
+        (list(range(64)), "has 64 bounds, at most 63"),
+    ],
+)
+def test_output_buckets_refused_with_reasons(iris_base, bounds, message):
+    model = {"name": "iris", "base_path": str(iris_base), "output_buckets": bounds}
+    with pytest.raises(plugin.AnsibleFilterError, match=re.escape(message)):
+        plugin.app_release_resolve_models([model])
+
+
+def test_the_controller_and_the_app_bound_output_buckets_alike():
+    app_models = (ROOT / "app" / "inference" / "models.py").read_text()
+    assert f"MAX_OUTPUT_BUCKETS = {plugin.MAX_OUTPUT_BUCKETS}" in app_models

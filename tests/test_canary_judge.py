@@ -65,7 +65,7 @@ def test_the_quantile_interpolates_within_its_bucket_as_prometheus_does():
     assert judge.quantile(0.99, {0.01: 10.0, 5.0: 10.0, math.inf: 100.0}) == 5.0
 
 
-def group(requests=500.0, errors=0.0, p99=0.012, classes=None, refused=0.0):
+def group(*, requests=500.0, errors=0.0, p99=0.012, classes=None, refused=0.0, outputs=None):
     return {
         "requests": requests,
         "errors": errors,
@@ -74,6 +74,7 @@ def group(requests=500.0, errors=0.0, p99=0.012, classes=None, refused=0.0):
         "refused_ratio": refused / requests if requests else None,
         "p99": p99,
         "classes": {"digits": dict(DIGITS if classes is None else classes)},
+        "outputs": {"diabetes": dict(outputs)} if outputs else {},
     }
 
 
@@ -105,6 +106,32 @@ def test_permuted_labels_fail_on_the_class_test():
     assert "digits's predicted classes differ" in reasons[0]
     assert tests["digits"]["p_value"] < 1e-12
     assert tests["digits"]["distance"] > 0.3
+
+
+# A regression model's progression, counted in its output buckets (funfleet_prediction_outputs_total).
+PROGRESSION = {"50.0": 40.0, "100.0": 120.0, "150.0": 150.0, "200.0": 110.0, "250.0": 60.0, "+Inf": 20.0}
+
+
+def test_a_regression_canary_whose_outputs_shift_fails_on_its_buckets():
+    """A release answering in other units (or trained on shifted targets): every value one bucket up."""
+    names = list(PROGRESSION)
+    shifted = {names[min(i + 1, len(names) - 1)]: 0.0 for i in range(len(names))}
+    for i, name in enumerate(names):
+        shifted[names[min(i + 1, len(names) - 1)]] += PROGRESSION[name]
+    verdict, reasons, tests = judge.judge(group(outputs=shifted), group(requests=1500.0, outputs=PROGRESSION), LIMITS)
+    assert verdict == "fail"
+    assert len(reasons) == 1
+    assert reasons[0].startswith("diabetes's outputs' buckets differ from the baseline's")
+    assert tests["diabetes"]["distance"] > 0.25
+    # Its own noise passes; a model with buckets the canary never answers fails as a missing class model does.
+    noisy = {b: n + (2 if i % 2 else -2) for i, (b, n) in enumerate(PROGRESSION.items())}
+    assert judge.judge(group(outputs=noisy), group(requests=1500.0, outputs=PROGRESSION), LIMITS)[0] == "pass"
+    many = {b: 3 * n for b, n in PROGRESSION.items()}
+    verdict, reasons, _ = judge.judge(group(), group(requests=1500.0, outputs=many), LIMITS)
+    assert reasons == [
+        "the canary answered no prediction of diabetes, which the baseline answered 1500 times "
+        "(500 expected at the canary's share)"
+    ]
 
 
 def test_a_large_sample_with_a_small_shift_passes_on_its_effect_size():
@@ -231,9 +258,10 @@ def prometheus():
         def do_GET(self):
             promql = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)["query"][0]
             asked.append(promql)
-            kinds = (("latency", "bucket"), ("classes", "classes"), ("requests", ""))
+            kinds = (("outputs", "prediction_outputs"), ("latency", "bucket"), ("classes", "classes"), ("requests", ""))
             kind = next(k for k, metric in kinds if metric in promql)
-            body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": answers[kind]}}).encode()
+            result = answers.get(kind, [])
+            body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
@@ -270,6 +298,21 @@ def test_the_module_promotes_a_good_canary_and_aborts_a_wrong_one(prometheus, tm
     assert (result["verdict"], result["decision"]) == ("fail", "abort")
     assert len(result["reasons"]) == 2  # the 5xx ratio and the classes
     assert "decision abort" in result["msg"]
+
+
+def test_the_module_reads_a_regression_models_output_buckets(prometheus, tmp_path):
+    url, answers, asked = prometheus
+    answers.update(vectors({"app1": DIGITS, "app2": DIGITS}, {}))
+    low = {"50.0": 200.0, "100.0": 100.0}
+    answers["outputs"] = [
+        {"metric": {"host": host, "model": "diabetes", "bucket": b}, "value": [0, str(n)]}
+        for host, buckets in (("app1", low), ("app2", PROGRESSION))
+        for b, n in buckets.items()
+    ]
+    result = module(tmp_path, prometheus_url=url, canary=["app1"], baseline=["app2"], steps=[50])
+    assert (result["verdict"], result["decision"]) == ("fail", "abort"), result
+    assert result["reasons"][0].startswith("diabetes's outputs' buckets differ")
+    assert any("funfleet_prediction_outputs_total" in q and "bucket" in q for q in asked)
 
 
 def test_the_module_fails_loudly_without_prometheus(tmp_path):

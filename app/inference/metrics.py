@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -37,6 +38,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -72,6 +74,16 @@ PREDICTED_CLASSES = Counter(
 )
 CLASS_SERIES = 64
 OTHER_CLASS = "other"
+
+# What a regression model answers, per model version: each instance's first output, counted in
+# the bucket of the model's declared output_buckets it falls in (not cumulative, unlike a
+# histogram's le: each instance counts once). A bucket is named by its upper bound ("+Inf" above
+# the last); a value that is not a number counts as "NaN", which a broken release answers.
+PREDICTED_OUTPUTS = Counter(
+    "funfleet_prediction_outputs",
+    "Instances predicted, by the bucket of their first output's value",
+    ["model", "version", "bucket"],
+)
 MODEL_READY = Gauge(
     "funfleet_model_ready",
     "1 while a live worker has this model version loaded and warm; 0 once none has",
@@ -126,6 +138,26 @@ def observe_classes(model: str, version: str, labels: tuple[str, ...], top: list
         if series is None:
             series = _CLASS_SERIES_CACHE[key] = PREDICTED_CLASSES.labels(*key)
         series.inc()  # type: ignore[attr-defined]
+
+
+def bucket_names(bounds: tuple[float, ...]) -> tuple[str, ...]:
+    """Each bucket's label: its upper bound as Prometheus writes a float, then +Inf and NaN."""
+    return (*(floatToGoString(b) for b in bounds), "+Inf", "NaN")
+
+
+_OUTPUT_SERIES_CACHE: dict[tuple[str, str, tuple[float, ...]], list] = {}
+
+
+def observe_outputs(model: str, version: str, bounds: tuple[float, ...], values: np.ndarray) -> None:
+    """Count each instance's first output value in its bucket, for the model version."""
+    key = (model, version, bounds)
+    series = _OUTPUT_SERIES_CACHE.get(key)
+    if series is None:
+        series = _OUTPUT_SERIES_CACHE[key] = [PREDICTED_OUTPUTS.labels(model, version, n) for n in bucket_names(bounds)]
+    index = np.searchsorted(np.asarray(bounds), values, side="left")  # value <= bound: (previous, bound]
+    index[np.isnan(values)] = len(bounds) + 1
+    for i, count in zip(*np.unique(index, return_counts=True), strict=True):
+        series[int(i)].inc(int(count))
 
 
 def _class_label(labels: tuple[str, ...], index: int) -> str:

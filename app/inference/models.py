@@ -13,13 +13,19 @@ Two layouts:
 A model in ``models.json`` may carry version labels, as TF Serving's ``version_labels``:
 ``"labels": {"stable": "1", "canary": "2"}``, each naming one of the versions it serves, so that
 clients can pin ``stable`` or opt into ``canary`` while the versions behind them move.
+
+A regression model may carry output buckets, ``"output_buckets": [50, 100, 150]``: the ascending
+upper bounds its first output's values are counted in, so that a canary's answers can be compared
+with the baseline's as a classifier's top-1 classes are.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 from .frameworks import version_key
@@ -28,6 +34,8 @@ from .release import METADATA_FILE, ReleaseError
 MANIFEST = "models.json"
 # A label starts with a letter, so that it can never be taken for a version (TF Serving's are numbers).
 LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+# A bucket per bound and one above the last: at most 64 series per model version.
+MAX_OUTPUT_BUCKETS = 63
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,30 @@ def labels(model_dir: str | Path, declared: list[Declared]) -> dict[str, dict[st
                 if str(version) not in served.get(name, set()):
                     raise ValueError(f"label {label!r} of {name} names version {version}, which is not served")
                 found.setdefault(name, {})[str(label)] = str(version)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ReleaseError(f"malformed {manifest}: {exc}") from exc
+    return found
+
+
+def output_buckets(model_dir: str | Path) -> dict[str, tuple[float, ...]]:
+    """Each model's output buckets from ``models.json`` (none without it): finite, strictly
+    ascending, at most MAX_OUTPUT_BUCKETS bounds."""
+    manifest = Path(model_dir) / MANIFEST
+    if not manifest.is_file():
+        return {}
+    found: dict[str, tuple[float, ...]] = {}
+    try:
+        for model in json.loads(manifest.read_text())["models"]:
+            name, bounds = str(model["name"]), model.get("output_buckets")
+            if not bounds:
+                continue
+            if not isinstance(bounds, list) or not all(
+                isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in bounds
+            ):
+                raise ValueError(f"output_buckets of {name} must be a list of finite numbers")
+            if len(bounds) > MAX_OUTPUT_BUCKETS or any(a >= b for a, b in pairwise(bounds)):
+                raise ValueError(f"output_buckets of {name}: at most {MAX_OUTPUT_BUCKETS}, strictly ascending")
+            found[name] = tuple(float(b) for b in bounds)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ReleaseError(f"malformed {manifest}: {exc}") from exc
     return found

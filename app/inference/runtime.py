@@ -26,7 +26,7 @@ from .batching import IN_FLIGHT, Batcher, padded_sizes
 from .config import Settings
 from .frameworks import framework, version_key
 from .metrics import resident_bytes
-from .models import Declared, discover, labels
+from .models import Declared, discover, labels, output_buckets
 from .release import Release, ReleaseError, read_release, read_release_id
 
 __all__ = ["DTYPES", "ModelNotFound", "ModelRuntime", "ServedModel", "Signature", "TensorInfo", "resident_bytes"]
@@ -53,6 +53,8 @@ class ServedModel:
         self.memory_bytes = memory_bytes
         self.runtime = runtime
         self._call = call
+        # The model's output buckets (models.json), which its first output's values are counted in.
+        self.output_buckets: tuple[float, ...] = ()
 
     @property
     def name(self) -> str:
@@ -98,6 +100,7 @@ class ModelRuntime:
         self.error: str | None = None
         self.declared: list[Declared] = []
         self.labels: dict[str, dict[str, str]] = {}
+        self.output_buckets: dict[str, tuple[float, ...]] = {}
         self._ready = False
         self._lock = threading.Lock()
 
@@ -152,6 +155,7 @@ class ModelRuntime:
             try:
                 self.declared = discover(self.settings.model_dir)
                 self.labels = labels(self.settings.model_dir, self.declared)
+                self.output_buckets = output_buckets(self.settings.model_dir)
                 self.release_id = read_release_id(self.settings.model_dir)
                 releases = []
                 for current in self.declared:
@@ -165,6 +169,7 @@ class ModelRuntime:
                 for index, release in enumerate(releases):
                     current = self.declared[index]
                     served, seconds = _load_one(release, tf, keras, self.settings)
+                    served.output_buckets = self.output_buckets.get(served.name, ())
                     warmup += seconds
                     self.models.setdefault(served.name, {})[served.version] = served
                 device = _device_of(tf) if tf is not None else "/device:CPU:0"
@@ -172,7 +177,7 @@ class ModelRuntime:
                 where = f"{current.name}:{current.version}: " if current is not None else ""
                 prefix = "" if isinstance(exc, ReleaseError) else f"{type(exc).__name__}: "
                 self.error = f"{where}{prefix}{exc}"
-                self.models, self.labels = {}, {}
+                self.models, self.labels, self.output_buckets = {}, {}, {}
                 raise
             done = time.monotonic()
             self.info = LoadInfo(

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import ROOT, SAMPLES, kinds_dir
+from helpers import DIABETES_BUCKETS, ROOT, SAMPLES, counter, kinds_dir
 from inference.preprocess import decode_image
 from inference.release import file_sha256, read_release
 
@@ -272,6 +272,43 @@ def test_regression_returns_every_output_by_name(kclient, keras_models):
         json={"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 10], "data": DIABETES}]},
     ).get_json()
     assert [o["name"] for o in v2["outputs"]] == ["progression", "high_risk"]
+
+
+def test_regression_outputs_are_counted_in_their_declared_buckets(kclient):
+    """What a regression canary's answers are compared on: each instance's first output
+    (progression), counted in the bucket of models.json's output_buckets it falls in."""
+    from inference.metrics import bucket_names
+
+    names = bucket_names(tuple(float(b) for b in DIABETES_BUCKETS))
+
+    def buckets() -> dict[str, float]:
+        text = kclient.get("/metrics").get_data(as_text=True)
+        return {
+            n: counter(text, "funfleet_prediction_outputs_total", model="diabetes", version="1", bucket=n)
+            for n in names
+        }
+
+    rng = np.random.default_rng(7)
+    rows = (np.array(DIABETES) * rng.uniform(0.5, 1.5, size=(40, 10))).round(3).tolist()
+    before = buckets()
+    answer = kclient.post("/v1/models/diabetes:predict", json={"instances": rows}).get_json()
+    v2 = kclient.post(
+        "/v2/models/diabetes/infer",
+        json={"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 10], "data": rows[0]}]},
+    )
+    assert v2.status_code == 200
+    after = buckets()
+    values = [p["progression"][0] for p in answer["predictions"]] + [v2.get_json()["outputs"][0]["data"][0]]
+    # Each value's bucket, from the values the app answered (no float compared across machines).
+    expected = dict.fromkeys(names, 0)
+    for value in values:
+        expected[next((n for n, b in zip(names, DIABETES_BUCKETS, strict=False) if value <= b), "+Inf")] += 1
+    assert {n: after[n] - before[n] for n in names} == expected
+    assert sum(1 for n in names if expected[n]) >= 3  # the rows spread over several buckets
+    # Models without declared buckets add no series.
+    assert "funfleet_prediction_outputs_total{" not in "".join(
+        line for line in kclient.get("/metrics").get_data(as_text=True).splitlines() if 'model="wine"' in line
+    )
 
 
 # ---- ONNX ----------------------------------------------------------------------------------

@@ -256,3 +256,24 @@ def test_class_series_stay_bounded_for_models_with_many_classes():
     assert metrics._class_label(labels, metrics.CLASS_SERIES) == metrics.OTHER_CLASS
     assert metrics._class_label(labels, 999) == metrics.OTHER_CLASS
     assert metrics._class_label(("a", "b"), 5) == metrics.OTHER_CLASS  # an output wider than labels.json
+
+
+@pytest.mark.parametrize(
+    ("bounds", "error"),
+    [
+        ([2, 1], "output_buckets of iris: at most 63, strictly ascending"),
+        (["1"], "output_buckets of iris must be a list of finite numbers"),
+        (list(range(64)), "output_buckets of iris: at most 63"),
+    ],
+)
+def test_malformed_output_buckets_fail_readiness(tmp_path, bounds, error):
+    import shutil
+
+    from inference import create_app
+
+    shutil.copytree(IRIS_DIR, tmp_path / "iris" / "1")
+    manifest = {"models": [{"name": "iris", "versions": ["1"], "output_buckets": bounds}]}
+    (tmp_path / "models.json").write_text(json.dumps(manifest))
+    response = create_app({"model_dir": str(tmp_path)}).test_client().get("/readyz")
+    assert response.status_code == 503
+    assert error in response.get_json()["error"]

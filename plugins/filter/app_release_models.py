@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import re
 import sys
+from itertools import pairwise
 from types import ModuleType
 
 try:
@@ -156,6 +158,9 @@ def app_release_resolve_models(
         labels = _labels(name, model.get("version_labels"), [v["version"] for v in versions])
         if labels:  # only then: a release without labels keeps its id and manifest
             entry["labels"] = labels
+        buckets = _output_buckets(name, model.get("output_buckets"))
+        if buckets:
+            entry["output_buckets"] = buckets
         resolved.append(entry)
     return resolved
 
@@ -189,6 +194,26 @@ def _labels(name: str, labels: object, served: list[str]) -> dict[str, str]:
             )
         checked[str(label)] = str(version)
     return checked
+
+
+# As the app bounds them (app/inference/models.py): a bucket per bound and one above the last.
+MAX_OUTPUT_BUCKETS = 63
+
+
+def _output_buckets(name: str, bounds: object) -> list[float]:
+    """A regression model's output buckets: the ascending upper bounds its first output's values
+    are counted in (funfleet_prediction_outputs_total), which a canary's answers are compared on."""
+    if not bounds:
+        return []
+    if not isinstance(bounds, list) or not all(
+        isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in bounds
+    ):
+        raise AnsibleFilterError(f"model {name}: output_buckets is a list of finite numbers, e.g. [50, 100, 150]")
+    if len(bounds) > MAX_OUTPUT_BUCKETS:
+        raise AnsibleFilterError(f"model {name}: output_buckets has {len(bounds)} bounds, at most {MAX_OUTPUT_BUCKETS}")
+    if any(a >= b for a, b in pairwise(bounds)):
+        raise AnsibleFilterError(f"model {name}: output_buckets must be strictly ascending: {bounds}")
+    return [float(b) for b in bounds]
 
 
 def app_release_ledger_conflicts(resolved: list[dict], ledger: dict) -> list[str]:
@@ -263,13 +288,14 @@ def app_release_files(resolved: list[dict], root: str) -> list[dict]:
 
 def app_release_manifest(resolved: list[dict]) -> list[dict]:
     """What models.json and release.json list: names and versions, each version's sha256, and
-    the model's version labels where it has any."""
+    the model's version labels and output buckets where it has any."""
     return [
         {
             "name": model["name"],
             "versions": [v["version"] for v in model["versions"]],
             "sha256": {v["version"]: v["sha256"] for v in model["versions"]},
             **({"labels": model["labels"]} if model.get("labels") else {}),
+            **({"output_buckets": model["output_buckets"]} if model.get("output_buckets") else {}),
         }
         for model in resolved
     ]

@@ -17,10 +17,11 @@ description:
   - "The checks: the canary's 5xx ratio over the baseline's by more than O(max_5xx_increase), and its 4xx ratio by
     more than O(max_4xx_increase); the canary's p99 of successful predictions over both O(max_p99_ratio) times and
     O(p99_margin) seconds over the baseline's; a model the baseline answers that the canary, at its share, should
-    have answered O(min_requests) times and never did; and, per model, the distribution of its top-1 classes: a
-    chi-square test of homogeneity of the canary's class counts against the baseline's (classes expected fewer
-    than 5 times pooled; p-value under O(class_p_value)) whose effect is large enough (total variation distance
-    over O(class_min_distance)), so that a large sample's harmless noise does not fail a canary."
+    have answered O(min_requests) times and never did; and, per model, the distribution of its top-1 classes (of a
+    regression model's output buckets, funfleet_prediction_outputs_total): a chi-square test of homogeneity of
+    the canary's counts against the baseline's (classes expected fewer than 5 times pooled; p-value under
+    O(class_p_value)) whose effect is large enough (total variation distance over O(class_min_distance)), so
+    that a large sample's harmless noise does not fail a canary."
   - Fewer than O(min_requests) predictions on the canary or on the baseline in the window is inconclusive, never a
     pass. The step is judged again over the next window, up to O(inconclusive_windows) times in all; then the canary
     is aborted (fail safe).
@@ -132,7 +133,8 @@ state:
   returned: always
   type: dict
 numbers:
-  description: This window's measurements for the canary and the baseline, and the class test per model.
+  description: >-
+    This window's measurements for the canary and the baseline, and the class (or output bucket) test per model.
   returned: always
   type: dict
 reasons:
@@ -248,12 +250,16 @@ def measure(samples: dict[str, list[dict]], group: set[str]) -> dict:
     for s in mine("latency"):
         le = float(s["metric"]["le"])
         buckets[le] = buckets.get(le, 0.0) + s["value"]
-    classes: dict[str, dict[str, float]] = {}
-    for s in mine("classes"):
-        if s["value"] > 0:
-            model = classes.setdefault(s["metric"].get("model", "?"), {})
-            name = s["metric"].get("class", "?")
-            model[name] = model.get(name, 0.0) + s["value"]
+
+    def tables(kind: str, label: str) -> dict[str, dict[str, float]]:
+        found: dict[str, dict[str, float]] = {}
+        for s in mine(kind):
+            if s["value"] > 0:
+                model = found.setdefault(s["metric"].get("model", "?"), {})
+                name = s["metric"].get(label, "?")
+                model[name] = model.get(name, 0.0) + s["value"]
+        return found
+
     return {
         "requests": requests,
         "errors": errors,
@@ -261,7 +267,8 @@ def measure(samples: dict[str, list[dict]], group: set[str]) -> dict:
         "refused": refused,
         "refused_ratio": refused / requests if requests > 0 else None,
         "p99": quantile(0.99, buckets),
-        "classes": classes,
+        "classes": tables("classes", "class"),
+        "outputs": tables("outputs", "bucket") if "outputs" in samples else {},
     }
 
 
@@ -308,25 +315,28 @@ def judge(canary: dict, baseline: dict, limits: dict) -> tuple[str, list[str], d
     tests = {}
     # What the canary should have answered of each model, at its share of the window's requests.
     share = canary["requests"] / baseline["requests"]
-    for model in sorted(baseline["classes"]):
-        theirs = baseline["classes"][model]
-        ours = canary["classes"].get(model, {})
-        expected = sum(theirs.values()) * share
-        if not ours and expected >= limits["min_requests"]:
-            failed.append(
-                f"the canary answered no prediction of {model}, which the baseline answered "
-                f"{sum(theirs.values()):.0f} times ({expected:.0f} expected at the canary's share)"
-            )
-            continue
-        if min(sum(ours.values()), sum(theirs.values())) < limits["min_requests"]:
-            continue
-        test = tests[model] = chi_square(*pool(ours, theirs))
-        if test["p_value"] < limits["class_p_value"] and test["distance"] > limits["class_min_distance"]:
-            failed.append(
-                f"{model}'s predicted classes differ from the baseline's: chi-square {test['chi2']:.1f} on "
-                f"{test['dof']} degrees of freedom, p-value {test['p_value']:.2g} (under {limits['class_p_value']}), "
-                f"total variation distance {test['distance']:.3f} (over {limits['class_min_distance']})"
-            )
+    # A classifier's top-1 classes, a regression model's output buckets: the same test.
+    for kind, what in (("classes", "predicted classes"), ("outputs", "outputs' buckets")):
+        for model in sorted(baseline[kind]):
+            theirs = baseline[kind][model]
+            ours = canary[kind].get(model, {})
+            expected = sum(theirs.values()) * share
+            if not ours and expected >= limits["min_requests"]:
+                failed.append(
+                    f"the canary answered no prediction of {model}, which the baseline answered "
+                    f"{sum(theirs.values()):.0f} times ({expected:.0f} expected at the canary's share)"
+                )
+                continue
+            if min(sum(ours.values()), sum(theirs.values())) < limits["min_requests"]:
+                continue
+            test = tests[model] = chi_square(*pool(ours, theirs))
+            if test["p_value"] < limits["class_p_value"] and test["distance"] > limits["class_min_distance"]:
+                failed.append(
+                    f"{model}'s {what} differ from the baseline's: chi-square {test['chi2']:.1f} on "
+                    f"{test['dof']} degree{'' if test['dof'] == 1 else 's'} of freedom, p-value {test['p_value']:.2g} "
+                    f"(under {limits['class_p_value']}), total variation distance {test['distance']:.3f} "
+                    f"(over {limits['class_min_distance']})"
+                )
     return ("fail" if failed else "pass"), failed, tests
 
 
@@ -380,6 +390,7 @@ def window_queries(hosts: list[str], seconds: int) -> dict[str, str]:
             f'{{{match},{predict},status=~"2.."}}[{seconds}s]))'
         ),
         "classes": f"sum by (host, model, class) (increase(funfleet_prediction_classes_total{{{match}}}[{seconds}s]))",
+        "outputs": f"sum by (host, model, bucket) (increase(funfleet_prediction_outputs_total{{{match}}}[{seconds}s]))",
     }
 
 

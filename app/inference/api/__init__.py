@@ -51,6 +51,11 @@ def infer(model: ServedModel, batch: np.ndarray) -> list[np.ndarray]:
         scores = np.asarray(outputs[0])
         top = scores.reshape(len(scores), -1).argmax(axis=1).tolist() if scores.ndim >= 1 and len(scores) else []
         metrics.observe_classes(model.name, model.version, release.labels, top)
+    elif model.output_buckets and len(outputs):
+        values = np.asarray(outputs[0])
+        if values.ndim >= 1 and len(values):
+            first = values.reshape(len(values), -1)[:, 0].astype(np.float64, copy=False)
+            metrics.observe_outputs(model.name, model.version, model.output_buckets, first)
     return outputs
 
 

@@ -6,7 +6,7 @@ Importable as ``helpers`` (the root pyproject's pytest ``pythonpath`` has app/te
 from __future__ import annotations
 
 from .formats import counter, encode
-from .models import KINDS, build_models_dir, kinds_dir, load_training_script
+from .models import DIABETES_BUCKETS, KINDS, build_models_dir, kinds_dir, load_training_script
 from .paths import APP_DIR, BASE_INI, IRIS_DIR, MODEL_DIR, ROOT, SAMPLES, SAMPLES_INVERTED
 from .signals import flask_requests
 from .uwsgi import free_port, serve_uwsgi, uwsgi_binary, uwsgi_command, wait_ready
@@ -14,6 +14,7 @@ from .uwsgi import free_port, serve_uwsgi, uwsgi_binary, uwsgi_command, wait_rea
 __all__ = [
     "APP_DIR",
     "BASE_INI",
+    "DIABETES_BUCKETS",
     "IRIS_DIR",
     "KINDS",
     "MODEL_DIR",

@@ -58,10 +58,18 @@ def build_models_dir(root: Path) -> Path:
 KINDS = ["tagger", "wine", "diabetes", "digits-onnx"]
 
 
+# The regression model's output buckets (its progression, in the data's own units, 25 to 346).
+DIABETES_BUCKETS = [50, 100, 150, 200, 250, 300]
+
+
 def kinds_dir(root: Path, kinds: list[str] = KINDS) -> Path:
     """A model folder with the demo model of every kind beside the image classifiers: text
     (tagger), scikit-learn (wine), regression (diabetes), ONNX (digits-onnx)."""
     for name in kinds:
         shutil.copytree(ROOT / "files" / "models" / name / "1", root / name / "1")
-    (root / "models.json").write_text(json.dumps({"models": [{"name": n, "versions": ["1"]} for n in kinds]}))
+    models = [
+        {"name": n, "versions": ["1"], **({"output_buckets": DIABETES_BUCKETS} if n == "diabetes" else {})}
+        for n in kinds
+    ]
+    (root / "models.json").write_text(json.dumps({"models": models}))
     return root
