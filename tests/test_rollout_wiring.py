@@ -133,3 +133,24 @@ def test_deploys_and_rollbacks_put_back_only_the_hosts_a_rollout_drained():
         "rollback.yml": "nginx_drain_state.by == 'rollout' or not nginx_drain_state.drained",
         "gpu_upgrade.yml": "nginx_drain_state.by != 'operator'",
     }
+
+
+def test_provisioning_takes_every_app_host_once_in_one_of_its_two_plays(tmp_path):
+    """provision.yml's two plays: hosts that never had a release (facts.yml's in-memory group,
+    empty before any task ran) all at once, then the rest a batch at a time. Listed without
+    running anything, every app host is in the batched play and none in the other; a host
+    expression that rendered to nothing (a generator, a misspelt group) would list none."""
+    from role_helpers import ansible_playbook
+
+    inventory = {"all": {"children": {"app": {"hosts": {"app1": {}, "app2": {}}}, "lb": {"hosts": {"lb1": {}}}}}}
+    (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
+    listed = ansible_playbook("-i", str(tmp_path / "hosts.yml"), "playbooks/provision.yml", "--list-hosts")
+    assert listed.returncode == 0, listed.stdout[-2000:] + listed.stderr[-2000:]
+    hosts = {}
+    for block in listed.stdout.split("play #")[1:]:
+        head, _, rest = block.partition("\n")
+        name = head.split("): ", 1)[1].split("\t")[0].strip()
+        hosts[name] = sorted(rest.split("hosts (", 1)[1].split("\n", 1)[1].split())
+    assert hosts["Provision the FUN stack on the app hosts that serve nothing yet, all at once"] == []
+    batched = "Provision the FUN stack (Flask app, uWSGI, nginx, UFW) on the app hosts in service, a batch at a time"
+    assert hosts[batched] == ["app1", "app2"]
