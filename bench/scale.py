@@ -17,7 +17,7 @@ controller itself sends (SSH, its file transfers), never the packets it routes f
 (their apt downloads). The hosts serve iris alone (scikit-learn, the lightest model kind), one
 worker each, so that 8 of them fit on a small machine.
 
-    bench/scale.py 2 4 8            # sizes (default 2 4 8); about 25 minutes on 2 cores
+    bench/scale.py 2 4 8            # sizes (default 2 4 8); about an hour on 2 cores
     bench/scale.py --keep 2         # leave the last fleet up (remove it: bench/scale.py --down)
     bench/scale.py --settings 4     # also no-op re-runs with each Ansible setting changed (SETTINGS)
     bench/scale.py --logs /tmp/s 8  # keep each run's output (with its 20 slowest tasks) in /tmp/s/8/
