@@ -53,7 +53,8 @@ def infer(model: ServedModel, batch: np.ndarray) -> list[np.ndarray]:
         metrics.observe_classes(model.name, model.version, release.labels, top)
     elif model.output_buckets and len(outputs):
         values = np.asarray(outputs[0])
-        if values.ndim >= 1 and len(values):
+        # Numbers only: buckets declared on a model answering strings count nothing, never fail a request.
+        if values.ndim >= 1 and len(values) and np.issubdtype(values.dtype, np.number):
             first = values.reshape(len(values), -1)[:, 0].astype(np.float64, copy=False)
             metrics.observe_outputs(model.name, model.version, model.output_buckets, first)
     return outputs
