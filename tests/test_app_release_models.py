@@ -117,8 +117,12 @@ def test_every_framework_ships_its_own_files_and_memory():
         "label": "digits-onnx:1/reference.npz",
         "src": str(models / "digits-onnx" / "1" / "reference.npz"),
         "dest": "/r/model/digits-onnx/1/reference.npz",
+        "sha256": "",
     } in rows
     assert len(rows) == 7
+    # Only the model file carries its sha256: it is what an artifact source serves by digest.
+    assert [r["label"] for r in rows if r["sha256"]] == ["wine:1/model.joblib", "digits-onnx:1/model.onnx"]
+    assert next(r for r in rows if r["label"] == "digits-onnx:1/model.onnx")["sha256"] == onnx["sha256"]
     # No Keras model: no TensorFlow in the worker. 48 + 88 (scikit-learn) + 32 (ONNX Runtime)
     # + each model's 2 MiB and 4 x its file (1.3 KB, 67 KB).
     assert plugin.app_release_model_memory_mb(resolved) == 172

@@ -49,8 +49,8 @@ def fleet(apps: int = 2, lbs: int = 1, monitors: int = 1, **per_host: dict) -> t
     return hostvars, groups
 
 
-def plan(hostvars: dict, groups: dict, name: str, **settings: Any) -> dict:
-    return fp.plan(hostvars, groups, name, {**SETTINGS, **settings})
+def plan(hostvars: dict, groups: dict, name: str, reachable: list[str] | None = None, **settings: Any) -> dict:
+    return fp.plan(hostvars, groups, name, {**SETTINGS, **settings}, reachable)
 
 
 def test_every_setting_the_plan_reads_is_a_funfleet_default():
@@ -227,6 +227,7 @@ def test_firewall_rules_by_kind():
     ]
     assert plan(hostvars, groups, "lb1")["params"]["ufw_allow"] == [
         {"name": "http", "port": 80, "proto": "tcp"},
+        {"name": "artifacts-from-app", "port": 8070, "proto": "tcp", "from": ["10.0.1.1", "10.0.1.2"]},
         *exporters,
     ]
     assert plan(hostvars, groups, "mon1")["params"]["ufw_allow"] == [
@@ -245,7 +246,7 @@ def test_a_host_of_two_kinds_gets_the_rules_of_both_once():
     hostvars, groups = fleet(apps=1, lbs=1, monitors=0)
     groups["monitoring"] = ["lb1"]
     rules = plan(hostvars, groups, "lb1")["params"]["ufw_allow"]
-    assert [r["name"] for r in rules] == ["http", "node-exporter", "nginx-exporter", "prometheus"]
+    assert [r["name"] for r in rules] == ["http", "artifacts-from-app", "node-exporter", "nginx-exporter", "prometheus"]
     assert len(rules) == len({repr(r) for r in rules})
 
 
@@ -263,6 +264,54 @@ def test_backends_and_scrape_targets():
         ("app3", "app", "http"),
         ("lb1", "lb", "http"),
     ]
+
+
+def test_the_first_balancer_reached_is_the_artifact_source():
+    """App hosts fetch from the first balancer the run reaches, each role from its own folder; only
+    that balancer opens the port, to the app hosts only."""
+    hostvars, groups = fleet(apps=2, lbs=2, monitors=1)
+    app = plan(hostvars, groups, "app1", reachable=None)
+    assert app["artifact_source"] == "lb1"
+    assert {k: v for k, v in app["params"].items() if "artifact" in k} == {
+        "python_runtime_artifact_source": "lb1",
+        "python_runtime_artifact_dir": "/srv/funfleet-artifacts/wheels",
+        "python_runtime_artifact_url": "http://10.0.0.1:8070/wheels",
+        "app_release_artifact_source": "lb1",
+        "app_release_artifact_dir": "/srv/funfleet-artifacts/models",
+        "app_release_artifact_url": "http://10.0.0.1:8070/models",
+    }
+    lb1, lb2 = plan(hostvars, groups, "lb1"), plan(hostvars, groups, "lb2")
+    assert (lb1["params"]["artifacts_port"], lb1["params"]["artifacts_root"]) == (8070, "/srv/funfleet-artifacts")
+    assert "artifacts_port" not in lb2["params"]
+    assert [r for r in lb2["params"]["ufw_allow"] if r["name"].startswith("artifacts")] == []
+    # lb1 unreachable (or left out by --limit): the next one reached.
+    reached = ["lb2", "app1", "app2"]
+    assert plan(hostvars, groups, "app1", reachable=reached)["params"]["app_release_artifact_url"] == (
+        "http://10.0.0.2:8070/models"
+    )
+    assert plan(hostvars, groups, "lb2", reachable=reached)["params"]["artifacts_port"] == 8070
+
+
+def test_without_a_balancer_reached_or_by_choice_the_controller_sends_each_host_its_copy():
+    hostvars, groups = fleet(apps=2, lbs=1, monitors=0)
+    none_reached = plan(hostvars, groups, "app1", reachable=["app1", "app2"])
+    by_choice = plan(hostvars, groups, "app1", artifact_source="controller")
+    hostvars, groups = fleet(apps=2, lbs=0, monitors=0)
+    no_balancer = plan(hostvars, groups, "app1")
+    for app in (none_reached, by_choice, no_balancer):
+        assert app["artifact_source"] == ""
+        assert app["params"]["python_runtime_artifact_source"] == app["params"]["app_release_artifact_url"] == ""
+
+
+def test_a_named_artifact_source_must_be_a_balancer_and_its_own_port_is_the_one_used():
+    hostvars, groups = fleet(apps=1, lbs=2, monitors=1, lb2={"artifacts_port": 9000})
+    app = plan(hostvars, groups, "app1", artifact_source="lb2")
+    assert app["params"]["python_runtime_artifact_url"] == "http://10.0.0.2:9000/wheels"
+    lb2 = plan(hostvars, groups, "lb2", artifact_source="lb2")
+    rule = {"name": "artifacts-from-app", "port": 9000, "proto": "tcp", "from": ["10.0.1.1"]}
+    assert rule in lb2["params"]["ufw_allow"]
+    with pytest.raises(fp.AnsibleFilterError, match="funfleet_artifact_source='mon1'"):
+        plan(hostvars, groups, "app1", artifact_source="mon1")
 
 
 def test_missing_settings_are_named():

@@ -152,5 +152,6 @@ def test_provisioning_takes_every_app_host_once_in_one_of_its_two_plays(tmp_path
         name = head.split("): ", 1)[1].split("\t")[0].strip()
         hosts[name] = sorted(rest.split("hosts (", 1)[1].split("\n", 1)[1].split())
     assert hosts["Provision the FUN stack on the app hosts that serve nothing yet, all at once"] == []
+    assert hosts["Serve the fleet's artifacts to its app hosts"] == []  # facts.yml's group, also in memory
     batched = "Provision the FUN stack (Flask app, uWSGI, nginx, UFW) on the app hosts in service, a batch at a time"
     assert hosts[batched] == ["app1", "app2"]

@@ -273,12 +273,14 @@ def app_release_version_dir(pair: list, root: str) -> str:
 
 
 def app_release_files(resolved: list[dict], root: str) -> list[dict]:
-    """One row per file to ship: its source on the controller and its path under ``root``."""
+    """One row per file to ship: its source on the controller, its path under ``root`` and, for a
+    version's model file, its recorded sha256 (the other files, "" : they travel from the controller)."""
     return [
         {
             "label": f"{model['name']}:{version['version']}/{name}",
             "src": os.path.join(version["src"], name),
             "dest": f"{root}/{model['name']}/{version['version']}/{name}",
+            "sha256": version["sha256"] if name == version["model_file"] else "",
         }
         for model in resolved
         for version in model["versions"]

@@ -65,6 +65,9 @@ SETTINGS = (
     "workers_per_gpu",
     "worker_memory_mb",
     "memory_reserved_mb",
+    "artifact_source",
+    "artifact_port",
+    "artifact_root",
 )
 
 Vars = Mapping[str, Any]
@@ -133,7 +136,14 @@ def header_buffers(s: Vars, edge: bool) -> str:
 class _Plan:
     """One host's plan, worked out kind by kind (app host, balancer, monitoring host)."""
 
-    def __init__(self, hostvars: Mapping[str, Vars], groups: Mapping[str, list], host: str, settings: Vars) -> None:
+    def __init__(
+        self,
+        hostvars: Mapping[str, Vars],
+        groups: Mapping[str, list],
+        host: str,
+        settings: Vars,
+        reachable: list[str] | None = None,
+    ) -> None:
         s = self.s = dict(settings)
         missing = [key for key in SETTINGS if key not in s]
         if missing:
@@ -149,6 +159,7 @@ class _Plan:
         sources = [*s["monitoring_networks"], *(address(m, hostvars[m]) for m in self.monitors)]
         self.monitoring_sources = list(dict.fromkeys(sources))
         self.gpus = gpu_count(host, self.hv) if "app" in self.kinds else 0
+        self.source = artifact_source(self.lbs, s, reachable)
         self.params: dict[str, Any] = {}
         self.firewall: list[dict] = []
 
@@ -215,6 +226,7 @@ class _Plan:
         self.pick("nginx_health_gate_file", self.params["exporters_gpu_gate_file"] or s["gpu_gate_file"])
         body = nginx_size(self.params["nginx_client_max_body_size"]) or int(s["request_body_mb"]) * 1048576
         self.pick("uwsgi_app_max_content_length", body)
+        self.artifact_params()
         if s["app_firewall"]:
             self.firewall += list(s["app_firewall"])
         elif self.lbs:
@@ -226,6 +238,27 @@ class _Plan:
             ]
         else:
             self.firewall += self.client_rules()
+
+    def artifact_params(self) -> None:
+        """Where an app host fetches the wheels and model files: its fleet's artifact source,
+        each role from its own folder there, or (no source) the controller, as before."""
+        url = root = ""
+        if self.source:
+            # The source's own port and folder: an inventory's artifacts_port for it wins there too.
+            hv = self.hostvars[self.source]
+            url = f"http://{address(self.source, hv)}:{int(hv.get('artifacts_port', self.s['artifact_port']))}"
+            root = str(hv.get("artifacts_root", self.s["artifact_root"]))
+        for role, folder in (("python_runtime", "wheels"), ("app_release", "models")):
+            self.pick(f"{role}_artifact_source", self.source)
+            self.pick(f"{role}_artifact_dir", f"{root}/{folder}" if self.source else "")
+            self.pick(f"{role}_artifact_url", f"{url}/{folder}" if self.source else "")
+
+    def artifacts(self) -> None:
+        """The artifact source: its folder and port, open to the app hosts only."""
+        port = self.pick("artifacts_port", int(self.s["artifact_port"]))
+        self.pick("artifacts_root", self.s["artifact_root"])
+        apps = [address(app, self.hostvars[app]) for app in self.apps]
+        self.firewall.append({"name": "artifacts-from-app", "port": port, "proto": "tcp", "from": apps})
 
     def lb(self) -> None:
         self.pick("lb_next_upstream_tries", int(self.s["lb_tries"]))
@@ -257,6 +290,8 @@ class _Plan:
             self.app()
         if "lb" in self.kinds:
             self.lb()
+        if self.source == self.host:
+            self.artifacts()
         if fleet_host:
             self.exporters()
         if "monitoring" in self.kinds:
@@ -274,12 +309,38 @@ class _Plan:
             "gpu_count": self.gpus,
             "monitored": bool(self.monitoring_sources),
             "drain_tries": self.drain_tries(),
+            "artifact_source": self.source,
             "params": self.params,
         }
 
 
-def plan(hostvars: Mapping[str, Vars], groups: Mapping[str, list], host: str, settings: Vars) -> dict:
-    return _Plan(hostvars, groups, host, settings).build()
+def artifact_source(lbs: list[str], s: Vars, reachable: list[str] | None) -> str:
+    """The host the app hosts fetch artifacts from: with funfleet_artifact_source "auto", the first
+    balancer this run reaches (an unreachable one, or one --limit leaves out, is skipped); a
+    balancer's name: that one, if reached; "controller": none. "" means the controller sends each
+    host its own copy, as without a balancer."""
+    choice = str(s["artifact_source"])
+    if choice == "controller":
+        return ""
+    if choice != "auto" and choice not in lbs:
+        raise AnsibleFilterError(
+            f"funfleet_artifact_source={choice!r}: auto, controller, or one of the balancers "
+            f"({', '.join(lbs) or 'none'})"
+        )
+    candidates = lbs if choice == "auto" else [choice]
+    return next((lb for lb in candidates if reachable is None or lb in reachable), "")
+
+
+def plan(
+    hostvars: Mapping[str, Vars],
+    groups: Mapping[str, list],
+    host: str,
+    settings: Vars,
+    reachable: list[str] | None = None,
+) -> dict:
+    """``hostvars | funfleet_plan(groups, inventory_hostname, settings, ansible_play_hosts)``: one
+    host's plan. ``reachable``, the hosts the run reaches, picks the artifact source among them."""
+    return _Plan(hostvars, groups, host, settings, reachable).build()
 
 
 def scrape_targets(hostvars: Mapping[str, Vars], apps: list[str], lbs: list[str], s: Vars) -> list[dict]:
@@ -303,10 +364,6 @@ def scrape_targets(hostvars: Mapping[str, Vars], apps: list[str], lbs: list[str]
     return [target(app, "app") for app in apps] + [target(lb, "lb") for lb in lbs]
 
 
-def funfleet_plan(hostvars: Mapping[str, Vars], groups: Mapping[str, list], host: str, settings: Vars) -> dict:
-    return plan(hostvars, groups, host, settings)
-
-
 class FilterModule:
     def filters(self) -> dict[str, Callable]:
-        return {"funfleet_plan": funfleet_plan}
+        return {"funfleet_plan": plan}

@@ -264,9 +264,13 @@ def test_key_is_private_and_443_is_open(edge):
     key = sh(container, "stat", "-c", "%U %G %a", "/etc/nginx/tls/funfleet.key").stdout.split()
     assert key == ["root", "root", "600"]
     assert sh(container, "stat", "-c", "%a", "/etc/nginx/tls").stdout.strip() == "700"
+    # The balancer is also its fleet's artifact source, open to its app host only.
+    app = address(APP)
+    source = [f"ufw allow from {app} to any port 8070 proto tcp comment 'funfleet:artifacts-from-app-{app}'"]
     assert ufw_added(container) == [
         "ufw allow 80/tcp comment 'funfleet:http'",
         "ufw allow 443/tcp comment 'funfleet:https'",
+        *(source if container == LB else []),
         *exporter_rules(),
     ]
 

@@ -175,6 +175,34 @@ def test_app_hosts_take_http_from_the_balancer_only():
         ], rules
 
 
+def test_app_hosts_fetched_wheels_and_model_files_from_the_balancer_which_only_they_reach():
+    """The balancer is the fleet's artifact source: the controller sent it each wheel and model
+    file once, and each app host fetched them from it (their own copy of the wheelhouse never
+    existed), over a port UFW opens to the app hosts only."""
+    log = sh(LB, "cat", "/var/log/nginx/funfleet-artifacts.log").stdout.splitlines()
+    model_sha = json.loads((MODEL_V1 / "metadata.json").read_text())["sha256"]
+    for app in APPS:
+        mine = [line for line in log if line.startswith(address(app) + " ")]
+        wheels = [line for line in mine if re.search(r'"GET /wheels/[^ ]+\.whl HTTP/1\.1" 200 ', line)]
+        assert len(wheels) > 20, mine[:5]
+        assert any(f'"GET /models/{model_sha} HTTP/1.1" 200 ' in line for line in mine), mine[-5:]
+        assert sh(app, "test", "-e", "/var/cache/funfleet/wheelhouse", check=False).returncode == 1
+        locks = sh(app, "sh", "-c", "cat /opt/funfleet/venvs/*/requirements.sha256.txt").stdout
+        assert re.search(r"^flask==[\w.]+ --hash=sha256:[0-9a-f]{64}$", locks, re.M), locks
+    assert sh(LB, "test", "-f", f"/srv/funfleet-artifacts/models/{model_sha}", check=False).returncode == 0
+    probe = "import socket, sys; socket.create_connection((sys.argv[1], 8070), timeout=3); print('connected')"
+    for app in APPS:
+        assert sh(app, "python3", "-c", probe, LB).stdout.strip() == "connected"
+    for other in (CLIENT, MONITOR):
+        refused = sh(other, "python3", "-c", probe, LB, check=False)
+        assert refused.returncode == 1
+        assert "timed out" in refused.stderr  # UFW drops
+    rules = [" ".join(line.split()) for line in sh(LB, "ufw", "status").stdout.splitlines() if "8070" in line]
+    assert sorted(rules) == sorted(
+        f"8070/tcp ALLOW {address(app)} # funfleet:artifacts-from-app-{address(app)}" for app in APPS
+    )
+
+
 def test_steady_state_through_the_balancer():
     """The latency baseline the rollout numbers compare with: the same load, nothing happening."""
     with Load(max_seconds=20) as load:
@@ -313,8 +341,10 @@ def test_release_failing_its_sha256_stops_the_rollout_before_any_drain(releases)
         result = playbook("deploy.yml", "-e", f"app_release_model_src={releases['broken']}")
     assert result.returncode == 2, result.stdout[-3000:]
     words = " ".join((result.stdout + result.stderr).split())  # failures may go to stderr
-    assert "Refuse a model whose sha256 does not match its metadata" in words
-    assert "sha256 mismatch" in words
+    # Each host fetched the model file from the balancer (the fleet's artifact source), which
+    # checked it against the metadata's sha256 on arrival and kept nothing.
+    assert "Fetch the model files from the artifact source" in words
+    assert f"did not match {'0' * 64}; it was " in words
     for app in APPS:
         assert re.search(rf"Deploy of digits-3-\w+ failed on {app} ", words), words[-3000:]
         assert f"The host still serves {before[app]} and was not drained" in words
