@@ -69,4 +69,9 @@ def test_exporters_open_to_the_monitoring_host_only(tmp_path):
         {"name": "http-from-monitoring", "port": 80, "proto": "tcp", "from": ["10.9.0.5"]},
         *exporters,
     ]
-    assert rules["lb-01"] == [{"name": "http", "port": 80, "proto": "tcp"}, *exporters]
+    assert rules["lb-01"] == [
+        {"name": "http", "port": 80, "proto": "tcp"},
+        # the first balancer is the artifact source: its app hosts fetch wheels and models
+        {"name": "artifacts-from-app", "port": 8070, "proto": "tcp", "from": ["10.0.0.11"]},
+        *exporters,
+    ]
