@@ -330,3 +330,25 @@ def test_output_buckets_refused_with_reasons(iris_base, bounds, message):
 def test_the_controller_and_the_app_bound_output_buckets_alike():
     app_models = (ROOT / "app" / "inference" / "models.py").read_text()
     assert f"MAX_OUTPUT_BUCKETS = {plugin.MAX_OUTPUT_BUCKETS}" in app_models
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("sha256", "../../../etc/cron.d/x"),  # would name the file the artifact source writes
+        ("sha256", "A" * 64),
+        ("sha256", ""),
+        ("name", "../iris"),
+        ("version", "1/../../2"),
+    ],
+)
+def test_metadata_that_would_walk_out_of_a_folder_is_refused(tmp_path, field, value):
+    """A release's name, version and sha256 become paths on the hosts and on the artifact source
+    (models/<sha256>): the controller refuses any that is not a plain name or a hex digest."""
+    src = tmp_path / "release"
+    shutil.copytree(ROOT / "files" / "models" / "digits" / "1", src)
+    meta = json.loads((src / "metadata.json").read_text())
+    meta[field] = value
+    (src / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(plugin.AnsibleFilterError, match=f"metadata {field} "):
+        plugin.app_release_resolve_models([], model_src=str(src))

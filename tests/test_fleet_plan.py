@@ -49,8 +49,15 @@ def fleet(apps: int = 2, lbs: int = 1, monitors: int = 1, **per_host: dict) -> t
     return hostvars, groups
 
 
-def plan(hostvars: dict, groups: dict, name: str, reachable: list[str] | None = None, **settings: Any) -> dict:
-    return fp.plan(hostvars, groups, name, {**SETTINGS, **settings}, reachable)
+def plan(
+    hostvars: dict,
+    groups: dict,
+    name: str,
+    reachable: list[str] | None = None,
+    selected: list[str] | None = None,
+    **settings: Any,
+) -> dict:
+    return fp.plan(hostvars, groups, name, {**SETTINGS, **settings}, reachable, selected)
 
 
 def test_every_setting_the_plan_reads_is_a_funfleet_default():
@@ -282,19 +289,42 @@ def test_the_first_balancer_reached_is_the_artifact_source():
     }
     lb1, lb2 = plan(hostvars, groups, "lb1"), plan(hostvars, groups, "lb2")
     assert (lb1["params"]["artifacts_port"], lb1["params"]["artifacts_root"]) == (8070, "/srv/funfleet-artifacts")
+    assert lb1["params"]["artifacts_allow"] == ["10.0.1.1", "10.0.1.2"]  # nginx's allow list, beside UFW's
     assert "artifacts_port" not in lb2["params"]
+    assert "artifacts_allow" not in lb2["params"]
     assert [r for r in lb2["params"]["ufw_allow"] if r["name"].startswith("artifacts")] == []
-    # lb1 unreachable (or left out by --limit): the next one reached.
-    reached = ["lb2", "app1", "app2"]
-    assert plan(hostvars, groups, "app1", reachable=reached)["params"]["app_release_artifact_url"] == (
-        "http://10.0.0.2:8070/models"
-    )
-    assert plan(hostvars, groups, "lb2", reachable=reached)["params"]["artifacts_port"] == 8070
+    assert app["artifact_note"] == ""
+    # lb1 in the run but unreachable: the next one reached, and the run says so.
+    everyone = ["lb1", "lb2", "mon1", "app1", "app2"]
+    reached = ["lb2", "mon1", "app1", "app2"]
+    app = plan(hostvars, groups, "app1", reachable=reached, selected=everyone)
+    assert app["params"]["app_release_artifact_url"] == "http://10.0.0.2:8070/models"
+    assert app["artifact_note"] == "lb1 cannot be reached: lb2 serves the fleet's artifacts this run"
+    assert plan(hostvars, groups, "lb2", reachable=reached, selected=everyone)["params"]["artifacts_port"] == 8070
+
+
+def test_a_source_left_out_by_limit_is_not_replaced_by_another_balancer():
+    """--limit lb2,app2 must not make lb2 a second source (its own site, full copies of every
+    artifact): the controller sends the hosts their copies this run, and the run says so."""
+    hostvars, groups = fleet(apps=2, lbs=2, monitors=0)
+    limited = ["lb2", "app2"]
+    app = plan(hostvars, groups, "app2", reachable=limited, selected=limited)
+    assert app["artifact_source"] == ""
+    assert app["params"]["python_runtime_artifact_url"] == ""
+    assert app["artifact_note"].startswith("lb1, the fleet's artifact source, is left out by --limit: ")
+    assert "artifacts_port" not in plan(hostvars, groups, "lb2", reachable=limited, selected=limited)["params"]
+
+
+def test_a_named_source_the_run_does_not_reach_stops_it():
+    hostvars, groups = fleet(apps=1, lbs=2, monitors=0)
+    with pytest.raises(fp.AnsibleFilterError, match="funfleet_artifact_source=lb2: lb2 is not in this run"):
+        plan(hostvars, groups, "app1", ["lb1", "app1"], ["lb1", "lb2", "app1"], artifact_source="lb2")
 
 
 def test_without_a_balancer_reached_or_by_choice_the_controller_sends_each_host_its_copy():
     hostvars, groups = fleet(apps=2, lbs=1, monitors=0)
-    none_reached = plan(hostvars, groups, "app1", reachable=["app1", "app2"])
+    none_reached = plan(hostvars, groups, "app1", reachable=["app1", "app2"], selected=["lb1", "app1", "app2"])
+    assert none_reached["artifact_note"].startswith("no balancer can be reached (lb1): the controller sends")
     by_choice = plan(hostvars, groups, "app1", artifact_source="controller")
     hostvars, groups = fleet(apps=2, lbs=0, monitors=0)
     no_balancer = plan(hostvars, groups, "app1")

@@ -155,3 +155,30 @@ def test_provisioning_takes_every_app_host_once_in_one_of_its_two_plays(tmp_path
     assert hosts["Serve the fleet's artifacts to its app hosts"] == []  # facts.yml's group, also in memory
     batched = "Provision the FUN stack (Flask app, uWSGI, nginx, UFW) on the app hosts in service, a batch at a time"
     assert hosts[batched] == ["app1", "app2"]
+
+
+def test_site_rolls_a_release_out_without_a_canary_unless_asked():
+    """site.yml converges (often with no traffic, which a canary judges inconclusive and aborts):
+    its rollout has a canary only with funfleet_site_canary; deploy.yml's has one by funfleet_canary."""
+    import jinja2
+    from ansible.module_utils.parsing.convert_bool import boolean
+
+    site = yaml.safe_load(Path("playbooks/site.yml").read_text())
+    rollout = next(p for p in site if p.get("ansible.builtin.import_playbook") == "deploy.yml")
+    assert rollout["vars"] == {"funfleet_rollout_by_site": True}
+    deploy = yaml.safe_load(Path("playbooks/deploy.yml").read_text())
+    expr = next(p["vars"]["_funfleet_canary_on"] for p in deploy if "_funfleet_canary_on" in p.get("vars", {}))
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    env.filters["bool"] = lambda v: boolean(v, strict=False)
+
+    def on(**values: object) -> bool:
+        names = {"funfleet_canary": "auto", "funfleet_monitoring_group": "monitoring", **values}
+        groups = {"monitoring": ["mon1"]}
+        return env.from_string(expr).render(groups=groups, **names).strip() == "True"
+
+    assert on()  # deploy.yml, auto, a monitoring host
+    assert not on(funfleet_canary="false")
+    assert not on(funfleet_rollout_by_site=True)
+    assert not on(funfleet_rollout_by_site=True, funfleet_site_canary=False, funfleet_canary="true")
+    assert on(funfleet_rollout_by_site=True, funfleet_site_canary=True)
+    assert not on(funfleet_rollout_by_site=True, funfleet_site_canary=True, funfleet_canary="false")

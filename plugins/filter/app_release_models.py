@@ -72,6 +72,13 @@ def _read_version(name: str, folder: str) -> dict:
         raise AnsibleFilterError(f"model {name}: {folder} is not a model release ({exc})") from exc
     if str(meta.get("name")) != name:
         raise AnsibleFilterError(f"model {name}: {folder} holds model {meta.get('name')!r}, not {name!r}")
+    # Names, versions and digests become paths on the hosts and on the artifact source
+    # (models/<sha256>): nothing in a release's metadata may walk out of its folder.
+    for field, pattern in (("name", PATH_PART), ("version", PATH_PART), ("sha256", SHA256)):
+        if not pattern.fullmatch(str(meta.get(field, ""))):
+            raise AnsibleFilterError(
+                f"model {name}: {folder}: metadata {field} {str(meta.get(field, ''))[:80]!r} is not {pattern.pattern}"
+            )
     return {
         "version": str(meta.get("version")),
         "src": folder,
@@ -166,6 +173,8 @@ def app_release_resolve_models(
 
 
 # As the app checks them (app/inference/models.py): a label starts with a letter, never taken for a version.
+PATH_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
 LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 
 

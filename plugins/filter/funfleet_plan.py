@@ -142,7 +142,9 @@ class _Plan:
         groups: Mapping[str, list],
         host: str,
         settings: Vars,
+        *,
         reachable: list[str] | None = None,
+        selected: list[str] | None = None,
     ) -> None:
         s = self.s = dict(settings)
         missing = [key for key in SETTINGS if key not in s]
@@ -159,7 +161,7 @@ class _Plan:
         sources = [*s["monitoring_networks"], *(address(m, hostvars[m]) for m in self.monitors)]
         self.monitoring_sources = list(dict.fromkeys(sources))
         self.gpus = gpu_count(host, self.hv) if "app" in self.kinds else 0
-        self.source = artifact_source(self.lbs, s, reachable)
+        self.source, self.source_note = artifact_source(self.lbs, s, reachable, selected)
         self.params: dict[str, Any] = {}
         self.firewall: list[dict] = []
 
@@ -258,6 +260,9 @@ class _Plan:
         port = self.pick("artifacts_port", int(self.s["artifact_port"]))
         self.pick("artifacts_root", self.s["artifact_root"])
         apps = [address(app, self.hostvars[app]) for app in self.apps]
+        # Twice: UFW, and nginx's own allow list, so a firewall turned off or skipped
+        # (--skip-tags firewall) still lists nothing to anyone else.
+        self.pick("artifacts_allow", apps)
         self.firewall.append({"name": "artifacts-from-app", "port": port, "proto": "tcp", "from": apps})
 
     def lb(self) -> None:
@@ -310,37 +315,62 @@ class _Plan:
             "monitored": bool(self.monitoring_sources),
             "drain_tries": self.drain_tries(),
             "artifact_source": self.source,
+            "artifact_note": self.source_note,
             "params": self.params,
         }
 
 
-def artifact_source(lbs: list[str], s: Vars, reachable: list[str] | None) -> str:
-    """The host the app hosts fetch artifacts from: with funfleet_artifact_source "auto", the first
-    balancer this run reaches (an unreachable one, or one --limit leaves out, is skipped); a
-    balancer's name: that one, if reached; "controller": none. "" means the controller sends each
-    host its own copy, as without a balancer."""
+def artifact_source(
+    lbs: list[str], s: Vars, reachable: list[str] | None, selected: list[str] | None = None
+) -> tuple[str, str]:
+    """The host the app hosts fetch artifacts from, and a line for the operator where the run does
+    not use the usual one. "auto": the first balancer, or the next where the first is unreachable
+    (in the run's selection but not reached). A balancer that --limit leaves out ends the search:
+    the controller then sends each host its own copy, rather than making another balancer a
+    source behind the operator's back. A balancer's name: that one, and a run that does not reach
+    it stops. "controller": none. "" means the controller sends each host its own copy."""
     choice = str(s["artifact_source"])
-    if choice == "controller":
-        return ""
+    if choice == "controller" or not lbs:
+        return "", ""
     if choice != "auto" and choice not in lbs:
         raise AnsibleFilterError(
             f"funfleet_artifact_source={choice!r}: auto, controller, or one of the balancers "
             f"({', '.join(lbs) or 'none'})"
         )
-    candidates = lbs if choice == "auto" else [choice]
-    return next((lb for lb in candidates if reachable is None or lb in reachable), "")
+    if reachable is None:
+        return (lbs[0] if choice == "auto" else choice), ""
+    fallback = "the controller sends each app host its own copy of the wheels and model files this run"
+    if choice != "auto":
+        if choice in reachable:
+            return choice, ""
+        raise AnsibleFilterError(
+            f"funfleet_artifact_source={choice}: {choice} is not in this run (unreachable, or left out by "
+            "--limit). Bring it back or add it to --limit, or set funfleet_artifact_source to auto or controller."
+        )
+    skipped = []
+    for lb in lbs:
+        if lb in reachable:
+            if skipped:
+                return lb, f"{', '.join(skipped)} cannot be reached: {lb} serves the fleet's artifacts this run"
+            return lb, ""
+        if selected is not None and lb not in selected:
+            return "", f"{lb}, the fleet's artifact source, is left out by --limit: {fallback}"
+        skipped.append(lb)
+    return "", f"no balancer can be reached ({', '.join(skipped)}): {fallback}"
 
 
-def plan(
+def plan(  # noqa: PLR0917 - a Jinja filter's arguments are positional
     hostvars: Mapping[str, Vars],
     groups: Mapping[str, list],
     host: str,
     settings: Vars,
     reachable: list[str] | None = None,
+    selected: list[str] | None = None,
 ) -> dict:
-    """``hostvars | funfleet_plan(groups, inventory_hostname, settings, ansible_play_hosts)``: one
-    host's plan. ``reachable``, the hosts the run reaches, picks the artifact source among them."""
-    return _Plan(hostvars, groups, host, settings, reachable).build()
+    """``hostvars | funfleet_plan(groups, inventory_hostname, settings, ansible_play_hosts,
+    ansible_play_hosts_all)``: one host's plan. ``reachable`` (the hosts the run reaches) and
+    ``selected`` (those it was asked to run on, within --limit) pick the artifact source."""
+    return _Plan(hostvars, groups, host, settings, reachable=reachable, selected=selected).build()
 
 
 def scrape_targets(hostvars: Mapping[str, Vars], apps: list[str], lbs: list[str], s: Vars) -> list[dict]:

@@ -178,7 +178,7 @@ def test_app_hosts_take_http_from_the_balancer_only():
 def test_app_hosts_fetched_wheels_and_model_files_from_the_balancer_which_only_they_reach():
     """The balancer is the fleet's artifact source: the controller sent it each wheel and model
     file once, and each app host fetched them from it (their own copy of the wheelhouse never
-    existed), over a port UFW opens to the app hosts only."""
+    existed), over a port UFW opens to the app hosts only, and nginx serves to them only."""
     log = sh(LB, "cat", "/var/log/nginx/funfleet-artifacts.log").stdout.splitlines()
     model_sha = json.loads((MODEL_V1 / "metadata.json").read_text())["sha256"]
     for app in APPS:
@@ -201,6 +201,15 @@ def test_app_hosts_fetched_wheels_and_model_files_from_the_balancer_which_only_t
     assert sorted(rules) == sorted(
         f"8070/tcp ALLOW {address(app)} # funfleet:artifacts-from-app-{address(app)}" for app in APPS
     )
+    # nginx's own allow list, which holds with the firewall off: the balancer's own address (which
+    # UFW lets in over the loopback) gets a 403, an app host the listing.
+    get = (
+        "import sys, urllib.error, urllib.request\n"
+        "try: print(urllib.request.urlopen(f'http://{sys.argv[1]}:8070/wheels/', timeout=5).status)\n"
+        "except urllib.error.HTTPError as exc: print(exc.code)"
+    )
+    assert sh(LB, "python3", "-c", get, address(LB)).stdout.strip() == "403"
+    assert sh(APPS[0], "python3", "-c", get, address(LB)).stdout.strip() == "200"
 
 
 def test_steady_state_through_the_balancer():
